@@ -1,0 +1,365 @@
+"""Configuration: one frozen dataclass per stage, the named presets, and the environment shim.
+
+Owns every knob of the pipeline. Fields carry a one-line docstring (the comment after them); derived
+values (gradient accumulation, tokens per micro-step) are properties. Bad values raise `ValueError`
+naming the field. The record script's environment-variable names (`NUM_LAYERS`, `DYNEVAL_LR`, ...)
+are accepted only through `from_env` at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+
+# Names whose tensors are "control" tensors in the run: kept fp32, trained by the scalar AdamW,
+# passed through by the exporter (record script, CONTROL_TENSOR_NAME_PATTERNS).
+CONTROL_PATTERNS = ("attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix",
+                    "resid_mixes", "q_gain", "skip_weight", "skip_weights", "smear")
+
+
+def is_control(name: str) -> bool:
+    return any(p in name for p in CONTROL_PATTERNS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    vocab_size: int = 1024  # tokenizer pieces (the challenge's sp1024)
+    num_layers: int = 11  # transformer blocks
+    model_dim: int = 512  # residual width D
+    num_heads: int = 8  # query heads H
+    num_kv_heads: int = 4  # key/value heads K (GQA); H must be a multiple of K
+    mlp_mult: float = 3.0  # MLP hidden = int(mlp_mult * D)
+    tie_embeddings: bool = True  # share tok_emb with the output head
+    tied_embed_init_std: float = 0.005  # N(0, std) init of the tied table
+    logit_softcap: float = 30.0  # c in c*tanh(z/c)
+    rope_base: float = 10000.0  # rotary base before NTK rescaling
+    qk_gain_init: float = 1.5  # initial per-head query gain
+    bigram_vocab_size: int = 2048  # BigramHash buckets (0 disables the table)
+    bigram_dim: int = 128  # BigramHash table width (projected to D when different)
+    xsa_last_n: int = 4  # XSA on the last N blocks
+    rope_dims: int = 16  # rotary dims per head (0 = the whole head)
+    ln_scale: bool = True  # scale block inputs by 1/sqrt(layer+1)
+    rope_train_len: int = 1024  # quirk: rotary reference length fixed at 1024, so NTK rescaling is active at 2048
+
+    def __post_init__(self):
+        _positive(self, "vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads",
+                  "mlp_mult", "logit_softcap", "rope_base", "rope_train_len")
+        if self.model_dim % self.num_heads:
+            raise ValueError(f"model_dim={self.model_dim} is not a multiple of num_heads={self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head dim {self.head_dim} (model_dim/num_heads) must be even for RoPE")
+        if self.rope_dims < 0 or self.rope_dims > self.head_dim or self.rope_dims % 2 or self.rope_dims == 2:
+            raise ValueError(f"rope_dims={self.rope_dims} must be 0 or an even number in [4, {self.head_dim}]")
+        if self.bigram_vocab_size < 0 or self.bigram_vocab_size == 1:
+            raise ValueError(f"bigram_vocab_size={self.bigram_vocab_size} must be 0 (off) or >= 2")
+        if not 0 <= self.xsa_last_n <= self.num_layers:
+            raise ValueError(f"xsa_last_n={self.xsa_last_n} must lie in [0, num_layers={self.num_layers}]")
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.mlp_mult * self.model_dim)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    tied_embed_lr: float = 0.035  # AdamW lr of the tied token table (and bigram table)
+    embed_lr: float = 0.6  # AdamW lr of the token table when untied
+    head_lr: float = 0.008  # Adam lr of an untied lm_head
+    matrix_lr: float = 0.025  # Muon lr of block matrices
+    scalar_lr: float = 0.025  # AdamW lr of vectors and control tensors
+    muon_momentum: float = 0.99  # Muon momentum after warm-up
+    muon_momentum_warmup_start: float = 0.92  # Muon momentum at step 0
+    muon_momentum_warmup_steps: int = 1500  # linear momentum warm-up length (0: none)
+    muon_backend_steps: int = 5  # Newton-Schulz iterations
+    muon_wd: float = 0.042  # Muon decoupled weight decay
+    adam_wd: float = 0.042  # AdamW weight decay
+    beta1: float = 0.9  # Adam beta1
+    beta2: float = 0.95  # Adam beta2
+    adam_eps: float = 1e-8  # Adam epsilon
+    grad_clip_norm: float = 0.3  # global gradient-norm clip (0: none)
+
+    def __post_init__(self):
+        _positive(self, "tied_embed_lr", "embed_lr", "head_lr", "matrix_lr", "scalar_lr", "adam_eps")
+        for name in ("muon_momentum", "muon_momentum_warmup_start", "beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1)")
+        _non_negative(self, "muon_wd", "adam_wd", "grad_clip_norm", "muon_momentum_warmup_steps")
+        _positive(self, "muon_backend_steps")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    data_path: str = "data/datasets/fineweb10B_sp1024"  # folder of fineweb_{train,val}_*.bin shards
+    tokenizer_path: str = "data/tokenizers/fineweb_1024_bpe.model"  # SentencePiece model
+    seed: int = 1337  # RNG seed for init (the data order is fixed)
+    iterations: int = 9000  # maximum optimizer steps
+    train_batch_tokens: int = 786_432  # tokens per optimizer step, all ranks and micro-steps together
+    train_seq_len: int = 2048  # training sequence length
+    max_wallclock_seconds: float = 600.0  # wall-clock cap on training (0: none, stop at `iterations`)
+    warmdown_iters: int = 3000  # warmdown length; measured in time when a wall-clock cap is set
+    warmup_steps: int = 20  # compile-priming steps, then weights and optimizer states are restored
+    ema_decay: float = 0.997  # EMA decay per step (0: no EMA)
+    late_qat_threshold: float = 0.1  # switch on int6 fake quantization once the lr scale drops below this (0: never)
+    val_loss_every: int = 4000  # periodic validation (0: only at step 0 and at the end)
+    val_batch_size_tokens: int = 524_288  # tokens per validation batch, all ranks together
+    train_log_every: int = 200  # log a train_loss line every N steps
+    checkpoint_every: int = 0  # save the full training state every N steps (0: only on interruption)
+    compile: bool = True  # torch.compile the model on CUDA (ignored on the CPU)
+    grad_accum_total: int = 8  # micro-steps per step at world size 1; the run's 8 // world size
+    max_val_tokens: int = 0  # cap validation tokens (0: all) -- for the CPU preset only
+    threads: int = 0  # torch CPU threads (0: leave torch's default)
+
+    def __post_init__(self):
+        _positive(self, "iterations", "train_batch_tokens", "train_seq_len", "val_batch_size_tokens",
+                  "train_log_every", "grad_accum_total")
+        _non_negative(self, "max_wallclock_seconds", "warmdown_iters", "warmup_steps", "ema_decay",
+                      "late_qat_threshold", "val_loss_every", "checkpoint_every", "max_val_tokens", "threads")
+        if self.ema_decay >= 1:
+            raise ValueError(f"ema_decay={self.ema_decay} must be < 1")
+        if self.train_batch_tokens % (self.grad_accum_total * self.train_seq_len):
+            raise ValueError(f"train_batch_tokens={self.train_batch_tokens} must be a multiple of "
+                             f"grad_accum_total*train_seq_len={self.grad_accum_total * self.train_seq_len}")
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        """Micro-steps per rank: the run's 8 // world_size, so every GPU count does the same math."""
+        if world_size <= 0 or self.grad_accum_total % world_size:
+            raise ValueError(f"world size {world_size} does not divide grad_accum_total={self.grad_accum_total}: "
+                             f"use 1, 2, 4 or 8 processes for the record's 8")
+        return self.grad_accum_total // world_size
+
+    def local_batch_tokens(self, world_size: int) -> int:
+        """Tokens one rank processes per micro-step."""
+        return self.train_batch_tokens // (world_size * self.grad_accum_steps(world_size))
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    eval_seq_len: int = 2048  # scoring window length
+    eval_stride: int = 64  # sliding-window stride (scored tokens per window)
+    eval_batch_seqs: int = 32  # windows per forward batch
+    dyneval_lr: float = 0.001  # the run's dynamic-eval SGD lr
+    adapt_every: int = 4  # the run: one SGD step every 4th batch, on that batch's first window
+    ttt_lr: float = 0.002  # pre-eval / score-first TTT SGD lr
+    ttt_momentum: float = 0.9  # TTT SGD momentum
+    ttt_epochs: int = 3  # TTT passes
+    ttt_batch_seqs: int = 32  # TTT sequences per step
+    ttt_freeze_blocks: int = 2  # first blocks frozen by the run's pre-eval TTT
+    ttt_chunk_tokens: int = 32_768  # score-first TTT chunk (merged records)
+    ttt_grad_clip: float = 1.0  # TTT gradient-norm clip
+    max_val_tokens: int = 0  # cap validation tokens (0: all)
+
+    def __post_init__(self):
+        _positive(self, "eval_seq_len", "eval_stride", "eval_batch_seqs", "adapt_every", "ttt_batch_seqs",
+                  "ttt_chunk_tokens")
+        _non_negative(self, "dyneval_lr", "ttt_lr", "ttt_epochs", "ttt_freeze_blocks", "ttt_grad_clip",
+                      "max_val_tokens")
+        if self.eval_stride > self.eval_seq_len:
+            raise ValueError(f"eval_stride={self.eval_stride} exceeds eval_seq_len={self.eval_seq_len}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    nproc: int = 8  # GPUs the preset is meant for (informational; torchrun decides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = set(d) - set(sections)
+        if unknown:
+            raise ValueError(f"unknown config section(s) {sorted(unknown)}: expected {sorted(sections)}")
+        kw = {}
+        for name, sub in d.items():
+            if name == "nproc":
+                kw[name] = int(sub)
+            else:
+                kw[name] = _build(_SECTION_TYPES[name], sub, name)
+        return cls(**kw)
+
+    def with_overrides(self, overrides: typing.Iterable[str] | dict) -> "RunConfig":
+        """Apply `field=value` overrides; `field` is `section.name` or a name unique across sections."""
+        items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides)
+        d = self.to_dict()
+        for key, value in items:
+            section, name = _locate(key)
+            target = _SECTION_TYPES[section]
+            ftype = {f.name: f.type for f in dataclasses.fields(target)}[name]
+            d[section][name] = _coerce(value, ftype, f"{section}.{name}")
+        return RunConfig.from_dict(d)
+
+
+_SECTION_TYPES = {"model": ModelConfig, "optim": OptimConfig, "train": TrainConfig, "eval": EvalConfig}
+
+
+def _split(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ValueError(f"override {item!r} is not of the form field=value")
+    k, v = item.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def _locate(key: str) -> tuple[str, str]:
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section in _SECTION_TYPES and name in {f.name for f in dataclasses.fields(_SECTION_TYPES[section])}:
+            return section, name
+        raise ValueError(f"unknown config field {key!r}")
+    hits = [s for s, t in _SECTION_TYPES.items() if key in {f.name for f in dataclasses.fields(t)}]
+    if not hits:
+        raise ValueError(f"unknown config field {key!r}: see `python -m dyneval config --profile smoke`")
+    if len(hits) > 1:
+        raise ValueError(f"config field {key!r} is ambiguous: write one of {[h + '.' + key for h in hits]}")
+    return hits[0], key
+
+
+def _coerce(value, ftype, name: str):
+    ftype = {"int": int, "float": float, "bool": bool, "str": str}.get(ftype, ftype)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if ftype is bool:
+                low = text.lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            if ftype is int:
+                return int(float(text)) if float(text).is_integer() else int(text)
+            if ftype is float:
+                return float(text)
+            return text
+        except ValueError:
+            raise ValueError(f"config field {name}: {value!r} is not a valid {ftype.__name__}") from None
+    if ftype is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if ftype is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, ftype) or (ftype is int and isinstance(value, bool)):
+        raise ValueError(f"config field {name}: {value!r} is not a valid {ftype.__name__}")
+    return value
+
+
+def _build(cls, d: dict, section: str):
+    if isinstance(d, cls):
+        return d
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown field(s) in [{section}]: {sorted(unknown)}")
+    return cls(**{k: _coerce(v, fields[k], f"{section}.{k}") for k, v in d.items()})
+
+
+def _positive(obj, *names):
+    for n in names:
+        v = getattr(obj, n)
+        if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
+            raise ValueError(f"{n}={v!r} must be a positive number")
+
+
+def _non_negative(obj, *names):
+    for n in names:
+        v = getattr(obj, n)
+        if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v)):
+            raise ValueError(f"{n}={v!r} must be >= 0")
+
+
+# ----------------------------------------------------------------------------------------------
+# Presets
+
+def _record() -> RunConfig:
+    """Exactly the run's hyperparameters (REFERENCE.md, 'The record configuration'), 8 GPUs, 600 s."""
+    return RunConfig()
+
+
+def _record_1gpu() -> RunConfig:
+    """The record's math on one GPU: 8-way accumulation, and a step count instead of the wall clock.
+
+    5,604 steps is seed 42's published count; with the cap off, warmdown is measured in iterations,
+    which matches the time-based warmdown of a run with a constant step time.
+    """
+    r = RunConfig(nproc=1)
+    return r.with_overrides({"train.iterations": 5604, "train.max_wallclock_seconds": 0})
+
+
+def _smoke() -> RunConfig:
+    """The CPU preset: a 4-layer model on the embedded corpus, train + quantize in about 2 minutes."""
+    return RunConfig(
+        nproc=1,
+        model=ModelConfig(num_layers=4, model_dim=192, num_heads=4, num_kv_heads=2, bigram_vocab_size=512,
+                          bigram_dim=32, xsa_last_n=2, rope_dims=16),
+        optim=OptimConfig(muon_momentum_warmup_steps=50, matrix_lr=0.03, scalar_lr=0.03),
+        train=TrainConfig(data_path="data/datasets/embedded_sp1024",
+                          tokenizer_path="data/tokenizers/embedded_1024_bpe.model",
+                          iterations=200, train_batch_tokens=8192, train_seq_len=256, max_wallclock_seconds=0,
+                          warmdown_iters=80, warmup_steps=2, val_loss_every=50, val_batch_size_tokens=8192,
+                          train_log_every=10, compile=False, grad_accum_total=1, max_val_tokens=32769,
+                          checkpoint_every=50, threads=2),
+        eval=EvalConfig(eval_seq_len=256, eval_stride=64, eval_batch_seqs=16, dyneval_lr=0.001, adapt_every=4,
+                        ttt_batch_seqs=8, ttt_chunk_tokens=4096, max_val_tokens=32769),
+    )
+
+
+PRESETS = {"record": _record, "record_1gpu": _record_1gpu, "smoke": _smoke}
+
+
+def preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown profile {name!r}: choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+def load(profile: str, overrides: typing.Iterable[str] = (), config_json: str | None = None) -> RunConfig:
+    cfg = RunConfig.from_dict(json.load(open(config_json))) if config_json else preset(profile)
+    return cfg.with_overrides(list(overrides))
+
+
+# ----------------------------------------------------------------------------------------------
+# The record script's environment variables: the one place they are read.
+
+ENV_NAMES = {
+    "DATA_PATH": "train.data_path", "TOKENIZER_PATH": "train.tokenizer_path", "SEED": "train.seed",
+    "ITERATIONS": "train.iterations", "TRAIN_BATCH_TOKENS": "train.train_batch_tokens",
+    "TRAIN_SEQ_LEN": "train.train_seq_len", "MAX_WALLCLOCK_SECONDS": "train.max_wallclock_seconds",
+    "WARMDOWN_ITERS": "train.warmdown_iters", "WARMUP_STEPS": "train.warmup_steps",
+    "EMA_DECAY": "train.ema_decay", "LATE_QAT_THRESHOLD": "train.late_qat_threshold",
+    "VAL_LOSS_EVERY": "train.val_loss_every", "VAL_BATCH_SIZE": "train.val_batch_size_tokens",
+    "TRAIN_LOG_EVERY": "train.train_log_every",
+    "VOCAB_SIZE": "model.vocab_size", "NUM_LAYERS": "model.num_layers", "MODEL_DIM": "model.model_dim",
+    "NUM_HEADS": "model.num_heads", "NUM_KV_HEADS": "model.num_kv_heads", "MLP_MULT": "model.mlp_mult",
+    "TIE_EMBEDDINGS": "model.tie_embeddings", "TIED_EMBED_INIT_STD": "model.tied_embed_init_std",
+    "LOGIT_SOFTCAP": "model.logit_softcap", "ROPE_BASE": "model.rope_base", "QK_GAIN_INIT": "model.qk_gain_init",
+    "BIGRAM_VOCAB_SIZE": "model.bigram_vocab_size", "BIGRAM_DIM": "model.bigram_dim",
+    "XSA_LAST_N": "model.xsa_last_n", "ROPE_DIMS": "model.rope_dims", "LN_SCALE": "model.ln_scale",
+    "TIED_EMBED_LR": "optim.tied_embed_lr", "EMBED_LR": "optim.embed_lr", "HEAD_LR": "optim.head_lr",
+    "MATRIX_LR": "optim.matrix_lr", "SCALAR_LR": "optim.scalar_lr", "MUON_MOMENTUM": "optim.muon_momentum",
+    "MUON_MOMENTUM_WARMUP_START": "optim.muon_momentum_warmup_start",
+    "MUON_MOMENTUM_WARMUP_STEPS": "optim.muon_momentum_warmup_steps",
+    "MUON_BACKEND_STEPS": "optim.muon_backend_steps", "MUON_WD": "optim.muon_wd", "ADAM_WD": "optim.adam_wd",
+    "BETA1": "optim.beta1", "BETA2": "optim.beta2", "ADAM_EPS": "optim.adam_eps",
+    "GRAD_CLIP_NORM": "optim.grad_clip_norm",
+    "EVAL_SEQ_LEN": "eval.eval_seq_len", "EVAL_STRIDE": "eval.eval_stride", "EVAL_BATCH_SEQS": "eval.eval_batch_seqs",
+    "DYNEVAL_LR": "eval.dyneval_lr", "DYNEVAL_ADAPT_EVERY": "eval.adapt_every",
+    "TTT_LR": "eval.ttt_lr", "TTT_EPOCHS": "eval.ttt_epochs", "TTT_MOMENTUM": "eval.ttt_momentum",
+    "TTT_BATCH_SEQS": "eval.ttt_batch_seqs", "TTT_FREEZE_BLOCKS": "eval.ttt_freeze_blocks",
+}
+
+
+def from_env(environ: typing.Mapping[str, str]) -> dict[str, str]:
+    """The run's environment variables that are set, as `section.field -> value` overrides."""
+    return {target: environ[name] for name, target in ENV_NAMES.items() if name in environ}

@@ -1,0 +1,212 @@
+"""Evaluation: the run's scoring passes as pure functions sharing one result type.
+
+Owns the window plans (non-overlapping and sliding, SPEC.md 'Scoring'), batched scoring with
+vectorised byte accounting, the per-window stream, and the reduction of sums across ranks. The
+adaptation passes (`adapt.py`) reuse `score_batch` and the plans so that every variant scores the same
+tokens with the same arithmetic.
+
+Token conventions: `tokens` is the trimmed validation stream of N+1 tokens; target i is tokens[i+1]
+predicted from tokens[: i+1]. A window starting at `start` with length `wlen` feeds inputs
+tokens[start : start+wlen] and scores targets start+s .. start+wlen-1 (s = its first scored offset).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import distributed as dist_utils
+from .data import ByteLUT
+
+STREAM_FIELDS = ("window_start", "first_scored", "num_scored", "nats", "bytes", "rank")
+
+
+@dataclass
+class EvalResult:
+    """Sums of a scoring pass (reduced over ranks) and its per-window stream."""
+
+    name: str
+    nats: float
+    tokens: float
+    bytes: float
+    seconds: float
+    stream: dict = field(default_factory=dict)  # STREAM_FIELDS -> np.ndarray, one row per scored window
+
+    @property
+    def loss(self) -> float:
+        """Mean NLL per token, nats."""
+        return self.nats / self.tokens
+
+    @property
+    def bpb(self) -> float:
+        """Bits per byte: loss / ln 2 * tokens / bytes."""
+        return self.nats / math.log(2) / self.bytes
+
+    def summary(self) -> dict:
+        return {"loss": self.loss, "bpb": self.bpb, "nats": self.nats, "tokens": self.tokens,
+                "bytes": self.bytes, "seconds": self.seconds, "windows": int(len(self.stream.get("nats", [])))}
+
+    def save_stream(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **self.stream)
+        tmp.replace(path)
+
+
+def load_stream(path: str | Path) -> dict:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+# ----------------------------------------------------------------------------------------------
+# Window plans: (starts, lengths, first scored offsets), int64 arrays
+
+@dataclass(frozen=True)
+class Windows:
+    starts: np.ndarray
+    lengths: np.ndarray
+    score_from: np.ndarray
+    seq_len: int
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def slice(self, lo: int, hi: int) -> "Windows":
+        return Windows(self.starts[lo:hi], self.lengths[lo:hi], self.score_from[lo:hi], self.seq_len)
+
+    def for_rank(self, rank: int, world_size: int) -> "Windows":
+        """Rank r takes windows [n*r/W, n*(r+1)/W): contiguous slices, as the run splits them."""
+        n = len(self)
+        return self.slice(n * rank // world_size, n * (rank + 1) // world_size)
+
+
+def nonoverlap_windows(num_targets: int, seq_len: int) -> Windows:
+    """Sequences [k*L, (k+1)*L) for k < N // L, every target scored once."""
+    n = num_targets // seq_len
+    starts = np.arange(n, dtype=np.int64) * seq_len
+    return Windows(starts, np.full(n, seq_len, dtype=np.int64), np.zeros(n, dtype=np.int64), seq_len)
+
+
+def sliding_windows(num_targets: int, seq_len: int, stride: int) -> Windows:
+    """Starts 0, S, 2S, ... < N; length min(L, N - start); the first scores all, the others the last S.
+
+    Quirk kept: every window that reaches the end of the stream scores the same final targets, so
+    those are counted several times (by up to L/S windows), as in the run.
+    """
+    starts = np.arange(0, num_targets, stride, dtype=np.int64)
+    lengths = np.minimum(seq_len, num_targets - starts)
+    score_from = np.where(starts == 0, 0, np.maximum(lengths - stride, 0))
+    return Windows(starts, lengths, score_from, seq_len)
+
+
+# ----------------------------------------------------------------------------------------------
+# Batched scoring
+
+def window_batch(tokens: torch.Tensor, w: Windows, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x, y (B, L) zero-padded, and the mask (B, L) of scored targets."""
+    L = w.seq_len
+    offs = torch.arange(L)
+    starts = torch.from_numpy(w.starts)[:, None]
+    lengths = torch.from_numpy(w.lengths)[:, None]
+    valid = offs[None, :] < lengths  # (B, L)
+    idx = (starts + offs[None, :]).clamp_max(tokens.numel() - 2)
+    x = torch.where(valid, tokens[idx], 0)
+    y = torch.where(valid, tokens[idx + 1], 0)
+    mask = valid & (offs[None, :] >= torch.from_numpy(w.score_from)[:, None])
+    return x.to(device), y.to(device), mask.to(device)
+
+
+def score_batch(model, x, y, mask, lut: ByteLUT, autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-window scored nats and bytes (float64, (B,)). Gradients follow the caller's grad mode."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        nll = model.token_nll(x, y)  # (B, L) float32
+    nats = (nll.double() * mask).sum(dim=1)
+    nbytes = (lut.target_bytes(x, y) * mask).sum(dim=1)
+    return nats, nbytes
+
+
+def _stream_rows(w: Windows, nats, nbytes, rank: int) -> dict:
+    return {"window_start": w.starts.copy(), "first_scored": w.starts + w.score_from,
+            "num_scored": w.lengths - w.score_from, "nats": nats, "bytes": nbytes,
+            "rank": np.full(len(w), rank, dtype=np.int64)}
+
+
+def concat_streams(parts: list[dict]) -> dict:
+    parts = [p for p in parts if p]
+    if not parts:
+        return {k: np.zeros(0) for k in STREAM_FIELDS}
+    return {k: np.concatenate([p[k] for p in parts]) for k in STREAM_FIELDS}
+
+
+def finish(name: str, parts: list[dict], seconds: float) -> EvalResult:
+    """Reduce the local stream rows to global sums (and the whole stream) across ranks."""
+    local = concat_streams(parts)
+    stream = concat_streams(dist_utils.all_gather_objects(local))
+    order = np.lexsort((stream["window_start"], stream["rank"]))
+    stream = {k: v[order] for k, v in stream.items()}
+    nats, toks, nbytes = dist_utils.all_reduce_sums([float(np.sum(local["nats"])),
+                                                    float(np.sum(local["num_scored"])),
+                                                    float(np.sum(local["bytes"]))])
+    return EvalResult(name, nats, toks, nbytes, dist_utils.max_over_ranks(seconds), stream)
+
+
+def score_windows(model, tokens: torch.Tensor, lut: ByteLUT, windows: Windows, batch_seqs: int,
+                  rank: int = 0, after_batch=None, autocast: bool = False, forward=None) -> dict:
+    """Score `windows` in batches without gradients; return their stream rows.
+
+    `after_batch(b, x, y)` runs after batch b is scored (the hook the dynamic evals adapt in), so an
+    update can only ever use targets that are already scored. `forward` replaces `model` for the
+    scoring forward (e.g. a compiled copy sharing its parameters).
+    """
+    device = next(model.parameters()).device
+    scorer = forward or model
+    nats, nbytes = [], []
+    for b, lo in enumerate(range(0, len(windows), batch_seqs)):
+        w = windows.slice(lo, lo + batch_seqs)
+        x, y, mask = window_batch(tokens, w, device)
+        with torch.no_grad():
+            bn, bb = score_batch(scorer, x, y, mask, lut, autocast)
+        nats.append(bn.cpu().numpy())
+        nbytes.append(bb.cpu().numpy())
+        if after_batch is not None:
+            after_batch(b, x, y)
+    if not nats:
+        return {}
+    return _stream_rows(windows, np.concatenate(nats), np.concatenate(nbytes), rank)
+
+
+def evaluate_windows(name: str, model, tokens, lut, windows: Windows, batch_seqs: int, rank: int = 0,
+                     world_size: int = 1, autocast: bool = False, forward=None) -> EvalResult:
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    rows = score_windows(model, tokens, lut, windows.for_rank(rank, world_size), batch_seqs, rank,
+                         autocast=autocast, forward=forward)
+    model.train(was_training)
+    return finish(name, [rows], time.perf_counter() - t0)
+
+
+def evaluate_nonoverlap(model, tokens, lut, seq_len: int, batch_seqs: int, rank: int = 0, world_size: int = 1,
+                        autocast: bool = False, forward=None) -> EvalResult:
+    """Non-overlapping eval: sequence k scores targets [kL, (k+1)L) with only its own L tokens of context.
+
+    Rank r takes sequences [n*r/W, n*(r+1)/W). Model in eval mode; no adaptation.
+    """
+    w = nonoverlap_windows(tokens.numel() - 1, seq_len)
+    return evaluate_windows("nonoverlap", model, tokens, lut, w, batch_seqs, rank, world_size, autocast, forward)
+
+
+def evaluate_sliding(model, tokens, lut, seq_len: int, stride: int, batch_seqs: int, rank: int = 0,
+                     world_size: int = 1, autocast: bool = False, forward=None) -> EvalResult:
+    """Sliding-window eval: each target after the first window sees L-S..L-1 tokens of context.
+
+    Windows start every `stride` tokens; the first scores all its targets, later ones their last
+    `stride`. Rank r takes a contiguous slice of windows. Eval mode; no adaptation.
+    """
+    w = sliding_windows(tokens.numel() - 1, seq_len, stride)
+    return evaluate_windows("sliding", model, tokens, lut, w, batch_seqs, rank, world_size, autocast, forward)

@@ -1,0 +1,309 @@
+"""The record GPT: single-device PyTorch, built bottom-up, with the record script's key names.
+
+Owns the forward pass (SPEC.md, 'Model'), the init, late-QAT fake quantization and the GPU dtype
+policy. No I/O, no optimizer, no distributed code. A checkpoint written by the run's script loads
+into `GPT(cfg)` unchanged: `tok_emb`, `bigram.{embed,proj,scale}`, `smear.gate`, `skip_weights`,
+`blocks.{i}.{attn_scale,mlp_scale,resid_mix}`, `blocks.{i}.attn.{q_gain,c_q,c_k,c_v,proj}`,
+`blocks.{i}.mlp.{fc,proj}`, `lm_head` when untied.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig, is_control
+
+
+def rms(x: Tensor) -> Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def fake_quantize_int6(w: Tensor) -> Tensor:
+    """Straight-through per-row int6: w + (q(w) - w).detach(), q = clamp(round(w/s), -32, 31)*s.
+
+    s = max(row max|w| / 31, 1/31) in fp32 -- the same grid the exporter uses (quant.py), so that
+    late-QAT training sees the weights it will be scored with.
+    """
+    w32 = w.float()
+    scale = (w32.abs().amax(dim=-1, keepdim=True) / 31.0).clamp_min(1.0 / 31.0)
+    q = torch.clamp(torch.round(w32 / scale), -32, 31) * scale
+    return w + (q.to(w.dtype) - w).detach()
+
+
+class CastedLinear(nn.Linear):
+    """Linear without bias whose fp32 weight is cast to the input dtype at use.
+
+    `qat_enabled` is class-wide, as in the run: once late QAT switches it on, every CastedLinear
+    (attention, MLP, the bigram projection, an untied head) fake-quantizes in train mode, and the
+    run never switches it off (the quirk that makes TTT and dynamic eval adapt through int6 rounding).
+    """
+
+    qat_enabled: bool = False
+
+    def __init__(self, in_features: int, out_features: int, zero_init: bool = False):
+        super().__init__(in_features, out_features, bias=False)
+        self.zero_init = zero_init
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight
+        if CastedLinear.qat_enabled and self.training:
+            w = fake_quantize_int6(w)
+        return F.linear(x, w.to(x.dtype))
+
+
+def set_qat(enabled: bool) -> None:
+    CastedLinear.qat_enabled = bool(enabled)
+
+
+class Rotary(nn.Module):
+    """Partial RoPE on the first `rope_dims` of each head, with the run's NTK rescaling.
+
+    Quirk: the reference length is fixed (`rope_train_len`, 1024 in the run), so for T > 1024 the
+    base becomes base * (T/1024)^(r/(r-2)) even at the length the model was trained on.
+    """
+
+    def __init__(self, head_dim: int, rope_dims: int, base: float, train_len: int):
+        super().__init__()
+        self.dims = rope_dims or head_dim
+        self.base = base
+        self.train_len = train_len
+        self._cache: dict = {}
+
+    def cos_sin(self, seq_len: int, device, dtype) -> tuple[Tensor, Tensor]:
+        key = (seq_len, device, dtype)
+        if key not in self._cache:
+            r = self.dims
+            base = self.base
+            if seq_len > self.train_len:
+                base = base * (seq_len / self.train_len) ** (r / (r - 2))
+            inv_freq = 1.0 / (base ** (torch.arange(0, r, 2, dtype=torch.float32, device=device) / r))
+            t = torch.arange(seq_len, dtype=torch.float32, device=device)
+            freqs = torch.outer(t, inv_freq)  # (T, r/2)
+            self._cache = {key: (freqs.cos()[None, :, None, :].to(dtype), freqs.sin()[None, :, None, :].to(dtype))}
+        return self._cache[key]
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x: (B, T, heads, d)
+        cos, sin = self.cos_sin(x.size(1), x.device, x.dtype)
+        r, half = self.dims, self.dims // 2
+        x1, x2, rest = x[..., :half], x[..., half:r], x[..., r:]
+        rotated = torch.cat((x1 * cos + x2 * sin, -x1 * sin + x2 * cos), dim=-1)
+        return torch.cat((rotated, rest), dim=-1) if rest.size(-1) else rotated
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, use_xsa: bool):
+        super().__init__()
+        D, d = cfg.model_dim, cfg.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, d
+        self.use_xsa = use_xsa
+        self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init))
+        self.c_q = CastedLinear(D, cfg.num_heads * d)
+        self.c_k = CastedLinear(D, cfg.num_kv_heads * d)
+        self.c_v = CastedLinear(D, cfg.num_kv_heads * d)
+        self.proj = CastedLinear(cfg.num_heads * d, D, zero_init=True)
+        self.rotary = Rotary(d, cfg.rope_dims, cfg.rope_base, cfg.rope_train_len)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, D = x.shape
+        H, K, d = self.num_heads, self.num_kv_heads, self.head_dim
+        q = rms(self.c_q(x).view(B, T, H, d))  # (B, T, H, d)
+        k = rms(self.c_k(x).view(B, T, K, d))  # (B, T, K, d)
+        v = self.c_v(x).view(B, T, K, d)  # (B, T, K, d)
+        q, k = self.rotary(q), self.rotary(k)
+        q = q * self.q_gain.to(q.dtype)[None, None, :, None]
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, d)
+        if K != H:  # query head h reads kv head h // (H/K)
+            k = k.repeat_interleave(H // K, dim=1)
+            v = v.repeat_interleave(H // K, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, d), scale 1/sqrt(d)
+        if self.use_xsa:
+            # XSA: remove from each head's output its component along its own (normalised) value.
+            n = F.normalize(v, dim=-1)
+            y = y - (y * n).sum(dim=-1, keepdim=True) * n
+        return self.proj(y.transpose(1, 2).reshape(B, T, H * d))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = CastedLinear(cfg.model_dim, cfg.mlp_hidden)
+        self.proj = CastedLinear(cfg.mlp_hidden, cfg.model_dim, zero_init=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(torch.relu(self.fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        D = cfg.model_dim
+        self.attn_scale = nn.Parameter(torch.ones(D))
+        self.mlp_scale = nn.Parameter(torch.ones(D))
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(D), torch.zeros(D))))  # (2, D)
+        self.attn = CausalSelfAttention(cfg, use_xsa=layer >= cfg.num_layers - cfg.xsa_last_n)
+        self.mlp = MLP(cfg)
+        self.in_scale = 1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
+
+    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
+        mix = self.resid_mix.to(x.dtype)
+        x = mix[0] * x + mix[1] * x0
+        x = x + self.attn_scale.to(x.dtype) * self.attn(rms(x) * self.in_scale)
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms(x) * self.in_scale)
+
+
+class BigramHash(nn.Module):
+    """A hashed table of (previous, current) token pairs added to the token embedding.
+
+    bucket(t) = ((36313*id_t) XOR (27191*id_{t-1})) mod (Vb-1) on int32; position 0 -> Vb-1.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.num_buckets = cfg.bigram_vocab_size
+        self.embed = nn.Embedding(cfg.bigram_vocab_size, cfg.bigram_dim)
+        nn.init.zeros_(self.embed.weight)
+        self.proj = CastedLinear(cfg.bigram_dim, cfg.model_dim) if cfg.bigram_dim != cfg.model_dim else None
+        if self.proj is not None:
+            nn.init.zeros_(self.proj.weight)  # quirk: GPT._init_weights overwrites this when both dims >= 64
+        self.scale = nn.Parameter(torch.tensor(0.05))
+
+    def buckets(self, ids: Tensor) -> Tensor:
+        t = ids.to(torch.int32)
+        h = torch.empty_like(t)
+        h[:, 0] = self.num_buckets - 1
+        h[:, 1:] = torch.bitwise_xor(36313 * t[:, 1:], 27191 * t[:, :-1]) % (self.num_buckets - 1)
+        return h.long()
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = self.embed(self.buckets(ids))  # (B, T, bigram_dim)
+        if self.proj is not None:
+            h = self.proj(h)  # (B, T, D)
+        return self.scale.to(h.dtype) * h
+
+
+class SmearGate(nn.Module):
+    """x <- (1-g)*x + g*x_prev with a learned per-channel gate g = sigmoid(gate)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gate = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        g = torch.sigmoid(self.gate.to(x.dtype))
+        x_prev = F.pad(x[:, :-1], (0, 0, 1, 0))  # shifted right, zeros at t = 0
+        return (1 - g) * x + g * x_prev
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        L = cfg.num_layers
+        self.num_encoder = L // 2
+        self.num_decoder = L - self.num_encoder
+        # Registered first so the state dict opens with it, as the run's does.
+        self.skip_weights = nn.Parameter(torch.ones(min(self.num_encoder, self.num_decoder), cfg.model_dim))
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
+        self.bigram = BigramHash(cfg) if cfg.bigram_vocab_size > 0 else None
+        self.smear = SmearGate(cfg.model_dim)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(L))
+        self.lm_head = None if cfg.tie_embeddings else CastedLinear(cfg.model_dim, cfg.vocab_size, zero_init=True)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        if self.cfg.tie_embeddings:
+            nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.cfg.tied_embed_init_std)
+        for name, module in self.named_modules():
+            if not isinstance(module, nn.Linear):
+                continue
+            if getattr(module, "zero_init", False):
+                nn.init.zeros_(module.weight)
+            elif min(module.weight.shape) >= 64:
+                nn.init.orthogonal_(module.weight, gain=1.0)
+                if ".proj" in name:  # quirk: only the bigram projection gets here
+                    with torch.no_grad():
+                        module.weight.mul_(1.0 / math.sqrt(2 * self.cfg.num_layers))
+
+    def logits(self, ids: Tensor) -> Tensor:
+        """ids (B, T) int64 -> logits (B, T, V), softcapped."""
+        x = self.tok_emb(ids)  # (B, T, D)
+        if self.bigram is not None:
+            x = x + self.bigram(ids).to(x.dtype)
+        x = self.smear(rms(x))
+        x0 = x
+        skips = []
+        for block in self.blocks[: self.num_encoder]:
+            x = block(x, x0)
+            skips.append(x)
+        for i, block in enumerate(self.blocks[self.num_encoder:]):
+            if skips:
+                x = x + self.skip_weights[i].to(x.dtype) * skips.pop()
+            x = block(x, x0)
+        x = rms(x)
+        if self.lm_head is None:
+            z = F.linear(x, self.tok_emb.weight.to(x.dtype))
+        else:
+            z = self.lm_head(x)
+        c = self.cfg.logit_softcap
+        return c * torch.tanh(z / c)
+
+    def token_nll(self, ids: Tensor, targets: Tensor) -> Tensor:
+        """Per-token NLL in nats, (B, T) float32."""
+        z = self.logits(ids)
+        return F.cross_entropy(z.float().reshape(-1, z.size(-1)), targets.reshape(-1),
+                               reduction="none").view_as(targets)
+
+    def forward(self, ids: Tensor, targets: Tensor) -> Tensor:
+        """Mean CE over every target (the run's training loss)."""
+        z = self.logits(ids)
+        return F.cross_entropy(z.float().reshape(-1, z.size(-1)), targets.reshape(-1))
+
+
+def apply_dtype_policy(model: GPT, bf16_tables: bool = True) -> GPT:
+    """The run's GPU dtypes: bf16 everywhere, then fp32 linear weights and fp32 vectors/control tensors.
+
+    The token and bigram tables stay bf16 (quirk: SGD steps of lr 1e-3 then vanish in bf16 rounding);
+    `bf16_tables=False` keeps them fp32, the fix used by the improved dynamic evals.
+    """
+    model.bfloat16()
+    for module in model.modules():
+        if isinstance(module, CastedLinear):
+            module.float()
+    for name, p in model.named_parameters():
+        if p.ndim < 2 or is_control(name):
+            p.data = p.data.float()
+    if not bf16_tables:
+        model.tok_emb.float()
+        if model.bigram is not None:
+            model.bigram.embed.float()
+    return model
+
+
+def check_state_dict(model: GPT, state: dict, source: str) -> None:
+    """Raise one line naming `source` when keys or shapes do not match the model."""
+    want = model.state_dict()
+    missing = [k for k in want if k not in state]
+    extra = [k for k in state if k not in want]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:4]}{'...' if len(missing) > 4 else ''}")
+        if extra:
+            parts.append(f"unexpected keys {extra[:4]}{'...' if len(extra) > 4 else ''}")
+        raise ValueError(f"{source}: state dict does not match the model config: {'; '.join(parts)}")
+    for k, v in want.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise ValueError(f"{source}: {k} has shape {tuple(state[k].shape)}, the model config wants {tuple(v.shape)}")
+
+
+def load_weights(model: GPT, state: dict, source: str) -> GPT:
+    check_state_dict(model, state, source)
+    with torch.no_grad():
+        for k, p in model.state_dict().items():
+            p.copy_(state[k].to(p.dtype))
+    return model
