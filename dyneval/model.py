@@ -71,24 +71,20 @@ class Rotary(nn.Module):
         self.dims = rope_dims or head_dim
         self.base = base
         self.train_len = train_len
-        self._cache: dict = {}
 
-    def cos_sin(self, seq_len: int, device, dtype) -> tuple[Tensor, Tensor]:
-        key = (seq_len, device, dtype)
-        if key not in self._cache:
-            r = self.dims
-            base = self.base
-            if seq_len > self.train_len:
-                base = base * (seq_len / self.train_len) ** (r / (r - 2))
-            inv_freq = 1.0 / (base ** (torch.arange(0, r, 2, dtype=torch.float32, device=device) / r))
-            t = torch.arange(seq_len, dtype=torch.float32, device=device)
-            freqs = torch.outer(t, inv_freq)  # (T, r/2)
-            self._cache = {key: (freqs.cos()[None, :, None, :].to(dtype), freqs.sin()[None, :, None, :].to(dtype))}
-        return self._cache[key]
+    def cos_sin(self, seq_len: int, device) -> tuple[Tensor, Tensor]:
+        """cos, sin of t * inv_freq, each (1, T, 1, r/2) fp32. Recomputed per call: cheap, and compile-friendly."""
+        r, base = self.dims, self.base
+        if seq_len > self.train_len:
+            base = base * (seq_len / self.train_len) ** (r / (r - 2))
+        inv_freq = 1.0 / (base ** (torch.arange(0, r, 2, dtype=torch.float32, device=device) / r))
+        freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)  # (T, r/2)
+        return freqs.cos()[None, :, None, :], freqs.sin()[None, :, None, :]
 
     def forward(self, x: Tensor) -> Tensor:
         # x: (B, T, heads, d)
-        cos, sin = self.cos_sin(x.size(1), x.device, x.dtype)
+        cos, sin = self.cos_sin(x.size(1), x.device)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         r, half = self.dims, self.dims // 2
         x1, x2, rest = x[..., :half], x[..., half:r], x[..., r:]
         rotated = torch.cat((x1 * cos + x2 * sin, -x1 * sin + x2 * cos), dim=-1)
@@ -117,13 +113,11 @@ class CausalSelfAttention(nn.Module):
         q, k = self.rotary(q), self.rotary(k)
         q = q * self.q_gain.to(q.dtype)[None, None, :, None]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, d)
-        if K != H:  # query head h reads kv head h // (H/K)
-            k = k.repeat_interleave(H // K, dim=1)
-            v = v.repeat_interleave(H // K, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, d), scale 1/sqrt(d)
+        # GQA: query head h reads kv head h // (H/K); scale 1/sqrt(d)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=K != H)  # (B, H, T, d)
         if self.use_xsa:
-            # XSA: remove from each head's output its component along its own (normalised) value.
-            n = F.normalize(v, dim=-1)
+            # XSA: remove from each head's output its component along its own kv head's normalised value.
+            n = F.normalize(v, dim=-1).repeat_interleave(H // K, dim=1)  # (B, H, T, d)
             y = y - (y * n).sum(dim=-1, keepdim=True) * n
         return self.proj(y.transpose(1, 2).reshape(B, T, H * d))
 
