@@ -45,11 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="dataset folder (default: the config's data_path)")
     ev.add_argument("--tokenizer", help="tokenizer (default: the config's tokenizer_path)")
     ev.add_argument("--variants", default="nonoverlap,sliding", help="comma-separated; `all` for every variant")
+    ev.add_argument("--quirks", help="the run's quirks for its own variants, e.g. qat_on=0,bf16_tables=0,rank_local=0")
     ev.add_argument("--virtual-ranks", type=int, help="emulate K ranks' slices and rank-local adaptation")
     ev.add_argument("--out", required=True, help="results folder")
 
     pa = sub.add_parser("parity", help="recompute a reference fixture's expected.json")
     pa.add_argument("fixture", help="fixture directory (settings.json, expected.json, trained.pt, ...)")
+    pa.add_argument("--write", action="store_true",
+                    help="write expected.json from this library instead (a regression fixture, not the run's numbers)")
 
     r = sub.add_parser("reproduce", help="notebooks 01-04 per seed through papermill, then 05")
     r.add_argument("--profile", default="smoke")

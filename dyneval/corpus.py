@@ -195,6 +195,21 @@ def build_embedded(root: str | Path = "data", force: bool = False, log=print) ->
 # ----------------------------------------------------------------------------------------------
 # The challenge's FineWeb export
 
+def hub_reachable(timeout: float = 5.0) -> str | None:
+    """None when the Hub endpoint answers a TCP connect, else why not (so offline fails at once, no retries)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError as e:
+        return f"{url.hostname} unreachable: {e}"
+    return None
+
+
 def hub_fetch(remote: str, dest: Path) -> None:
     """Download `datasets/<remote>` of the Hub dataset repository to `dest` (resumable, atomic)."""
     from huggingface_hub import hf_hub_download
@@ -248,6 +263,9 @@ def download_fineweb(root: str | Path = "data", variant: str = "sp1024", train_s
     (root / "tokenizers").mkdir(parents=True, exist_ok=True)
     manifest_path = root / "manifest.json"
     try:
+        why = hub_reachable() if fetch is hub_fetch else None
+        if why:
+            raise ConnectionError(why)
         fetch("manifest.json", manifest_path)
     except Exception as e:  # the transport's own errors are many; all end here with one line
         raise ConnectionError(

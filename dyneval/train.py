@@ -109,9 +109,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, device: str
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cuda.enable_cudnn_sdp(False)  # the run disables cuDNN attention
 
+    loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), ctx.rank, ctx.world_size, ctx.device)
     lut = data.build_byte_lut(tc.tokenizer_path, cfg.model.vocab_size)
     val_tokens = data.load_validation_tokens(data.val_pattern(tc.data_path), tc.train_seq_len, tc.max_val_tokens)
-    loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), ctx.rank, ctx.world_size, ctx.device)
     base = build_model(cfg, ctx.device)
     set_qat(False)
     opts = build_optimizers(base, cfg.optim, cfg.model.tie_embeddings)
@@ -132,7 +132,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, device: str
                 loss = model(x, y)
             (loss / grad_accum).backward()
             total += loss.detach()
-        return total / grad_accum
+        return dist_utils.all_reduce_(total / grad_accum, average=True)  # the mean over every rank's tokens
 
     def validate() -> tuple[float, float]:
         r = evaluate_nonoverlap(base, val_tokens, lut, tc.train_seq_len, val_batch_seqs, ctx.rank, ctx.world_size,

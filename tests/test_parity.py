@@ -1,0 +1,63 @@
+"""Parity with the run's own numerics, through the generic fixture command."""
+
+import json
+import shutil
+
+import torch
+
+from conftest import run_cli
+
+
+def test_parity_command_passes_every_entry_of_the_reference_fixture(fixture_dir):
+    r = run_cli("parity", fixture_dir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 failed" in r.stdout and "PASS" in r.stdout
+
+
+def test_parity_command_fails_when_an_expected_value_is_off(fixture_dir, tmp_path):
+    bad = tmp_path / "fx"
+    shutil.copytree(fixture_dir, bad)
+    for p in bad.iterdir():
+        p.chmod(0o644)
+    exp = json.loads((bad / "expected.json").read_text())
+    keep = {"eval_val", "val_tokens_used"}
+    exp = {k: v for k, v in exp.items() if k in keep}
+    exp["eval_val"] = [exp["eval_val"][0] + 1e-3, exp["eval_val"][1]]
+    (bad / "expected.json").write_text(json.dumps(exp))
+    r = run_cli("parity", bad)
+    assert r.returncode == 1
+    assert "eval_val loss" in r.stdout and "NO" in r.stdout
+
+
+def test_parity_command_runs_a_fixture_with_other_shape_settings(fixture_dir, tmp_path):
+    """Untied head, no bigram table, full RoPE, XSA on every layer, odd layers, ln_scale off, other stride."""
+    from dyneval import quant
+    from dyneval.config import ModelConfig
+    from dyneval.model import GPT
+
+    fx = tmp_path / "other"
+    shutil.copytree(fixture_dir, fx)
+    for p in fx.iterdir():
+        p.chmod(0o644)
+    s = json.loads((fx / "settings.json").read_text())
+    s["model"].update(num_layers=3, tie_embeddings=False, bigram_vocab_size=0, rope_dims=0, xsa_last_n=3,
+                      ln_scale=False, model_dim=128, num_heads=4, num_kv_heads=4)
+    s.update(stride=64, dyneval_lr=0.003, adapt_every=3)
+    (fx / "settings.json").write_text(json.dumps(s))
+    torch.manual_seed(3)
+    m = GPT(ModelConfig(**s["model"]))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    torch.save(m.state_dict(), fx / "trained.pt")
+    quant.write_artifact(fx / "final_model.int6.ptz", m.state_dict())
+    w = run_cli("parity", fx, "--write")
+    assert w.returncode == 0, w.stderr
+    exp = json.loads((fx / "expected.json").read_text())
+    assert "lm_head.weight" in exp["params_after_3_steps"] and "bigram.embed.weight" not in exp["quant_meta"]
+    ok = run_cli("parity", fx)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    exp["eval_val_sliding_dynamic"][1] += 5e-4  # outside the 2e-4 tolerance
+    (fx / "expected.json").write_text(json.dumps(exp))
+    bad = run_cli("parity", fx)
+    assert bad.returncode == 1 and "eval_val_sliding_dynamic bpb" in bad.stdout
