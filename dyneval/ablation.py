@@ -22,7 +22,7 @@ import torch
 from . import adapt, data, distributed as dist_utils, quant
 from .adapt import Quirks
 from .config import RunConfig
-from .evaluate import EvalResult, evaluate_nonoverlap, evaluate_sliding
+from .evaluate import EvalResult, compiled, evaluate_nonoverlap, evaluate_sliding
 from .model import GPT, apply_dtype_policy, load_weights, set_qat
 
 LEGAL = "scores every token before any update uses it"
@@ -96,6 +96,7 @@ def run_variant(name: str, ck: Checkpoint, tokens: torch.Tensor, lut, quirks: Qu
     e = ck.cfg.eval
     v = VARIANTS[name]
     cuda = ck.device.type == "cuda"
+    comp = cuda and ck.cfg.eval.compile
     run_quirks = quirks if v.faithful else Quirks(qat_on=False, bf16_tables=False, rank_local=True)
     vr = virtual_ranks if run_quirks.rank_local else 1
     L, S, B = e.eval_seq_len, e.eval_stride, e.eval_batch_seqs
@@ -109,15 +110,16 @@ def run_variant(name: str, ck: Checkpoint, tokens: torch.Tensor, lut, quirks: Qu
     set_qat(run_quirks.qat_on)
     try:
         if name == "nonoverlap":
-            res = evaluate_nonoverlap(m, tokens, lut, L, B, rank, world, autocast=cuda)
+            res = evaluate_nonoverlap(m, tokens, lut, L, B, rank, world, autocast=cuda, forward=compiled(m, comp))
         elif name == "sliding":
-            res = evaluate_sliding(m, tokens, lut, L, S, B, rank, world, autocast=cuda)
+            res = evaluate_sliding(m, tokens, lut, L, S, B, rank, world, autocast=cuda, forward=compiled(m, comp))
         elif name.startswith("pre_eval_ttt"):
             settings["ttt"] = ttt
             ttt_s = adapt.pre_eval_ttt(m, tokens, virtual_ranks=vr, autocast=cuda, **ttt)
             if name == "pre_eval_ttt+dynamic":
                 settings["dynamic"] = dyn
-                res = adapt.adapt_dynamic(m, tokens, lut, virtual_ranks=vr, autocast=cuda, name=name, **sliding, **dyn)
+                res = adapt.adapt_dynamic(m, tokens, lut, virtual_ranks=vr, autocast=cuda, compile=comp, name=name,
+                                          **sliding, **dyn)
             elif name == "pre_eval_ttt+nonoverlap":
                 res = evaluate_nonoverlap(m, tokens, lut, L, B, rank, world, autocast=cuda)
             else:
@@ -125,7 +127,7 @@ def run_variant(name: str, ck: Checkpoint, tokens: torch.Tensor, lut, quirks: Qu
             res.name, res.seconds = name, res.seconds + ttt_s
         elif name == "dynamic":
             settings["dynamic"] = dyn
-            res = adapt.adapt_dynamic(m, tokens, lut, virtual_ranks=vr, autocast=cuda, **sliding, **dyn)
+            res = adapt.adapt_dynamic(m, tokens, lut, virtual_ranks=vr, autocast=cuda, compile=comp, **sliding, **dyn)
         elif name.startswith("score_first_ttt"):
             sf = dict(chunk_tokens=e.ttt_chunk_tokens, lr=e.ttt_lr, momentum=e.ttt_momentum, epochs=e.ttt_epochs,
                       train_batch_seqs=e.ttt_batch_seqs, grad_clip=e.ttt_grad_clip)
@@ -147,7 +149,8 @@ def run_variant(name: str, ck: Checkpoint, tokens: torch.Tensor, lut, quirks: Qu
                 stats_s = time.perf_counter() - t0
                 kw = dict(lr=e.krause_lr, subset=subset, rms_stats=stats, decay=e.krause_decay)
             settings["tail"] = {k: val for k, val in kw.items() if k != "rms_stats"}
-            res = adapt.adapt_dynamic_tail(m, tokens, lut, virtual_ranks=vr, autocast=cuda, name=name, **sliding, **kw)
+            res = adapt.adapt_dynamic_tail(m, tokens, lut, virtual_ranks=vr, autocast=cuda, compile=comp, name=name,
+                                           **sliding, **kw)
             res.seconds += stats_s
         else:  # pragma: no cover - parse_variants guards this
             raise ValueError(name)

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed as dist_utils
-from .evaluate import EvalResult, Windows, finish, nonoverlap_windows, score_windows, sliding_windows, window_batch
+from .evaluate import (EvalResult, Windows, compiled, finish, nonoverlap_windows, score_windows, sliding_windows,
+                       window_batch)
 from .model import GPT, set_qat
 
 
@@ -65,7 +66,7 @@ def virtual_slices(num_virtual: int | None) -> tuple[list[int], int]:
 
 def adapt_dynamic(model: GPT, tokens, lut, *, seq_len: int, stride: int, batch_seqs: int, lr: float,
                   adapt_every: int, virtual_ranks: int | None = None, autocast: bool = False,
-                  name: str = "dynamic") -> EvalResult:
+                  compile: bool = False, name: str = "dynamic") -> EvalResult:
     """The run's dynamic eval: sliding windows scored in train mode, SGD on one window every few batches.
 
     Scored tokens and contexts are exactly those of `evaluate_sliding`. Each rank (or virtual rank)
@@ -74,6 +75,8 @@ def adapt_dynamic(model: GPT, tokens, lut, *, seq_len: int, stride: int, batch_s
     decay) on every parameter, on the mean CE of that batch's first window as padded (padding
     targets, id 0, included). The step can only have seen targets the rank has already scored.
     The model runs in train mode, so late-QAT fake quantization applies when its flag is on.
+    `compile` (CUDA): the scoring forward and the step run through torch.compile -- the run scored
+    uncompiled; the math is the same, only the kernels are fused.
     """
     t0 = time.perf_counter()
     windows = sliding_windows(tokens.numel() - 1, seq_len, stride)
@@ -82,19 +85,20 @@ def adapt_dynamic(model: GPT, tokens, lut, *, seq_len: int, stride: int, batch_s
     for v in mine:
         m = copy.deepcopy(model) if virtual_ranks else model
         m.train()
+        fwd = compiled(m, compile)
         opt = torch.optim.SGD(m.parameters(), lr=lr)
 
-        def step(b, x, y, m=m, opt=opt):
+        def step(b, x, y, fwd=fwd, opt=opt):
             if b % adapt_every:
                 return
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                loss = m(x[:1], y[:1])
+                loss = fwd(x[:1], y[:1])
             check_finite(loss, name, b)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
-        parts.append(score_windows(m, tokens, lut, windows.for_rank(v, total), batch_seqs, v, step, autocast))
+        parts.append(score_windows(m, tokens, lut, windows.for_rank(v, total), batch_seqs, v, step, autocast, fwd))
     return finish(name, parts, time.perf_counter() - t0)
 
 
@@ -257,18 +261,26 @@ def gradient_rms(model: GPT, batches, autocast: bool = False) -> dict[str, torch
     return {n: (s / max(count, 1)).sqrt() for n, s in sq.items()}
 
 
+def tail_windows(lo: int, hi: int, seq_len: int) -> Windows:
+    """Windows ending at hi, hi-L, ... that together score targets [lo, hi) once, each with up to L of context."""
+    ends = np.arange(hi, lo, -seq_len, dtype=np.int64)[::-1]
+    starts = np.maximum(ends - seq_len, 0)
+    return Windows(starts, ends - starts, np.maximum(lo, starts) - starts, seq_len)
+
+
 def adapt_dynamic_tail(model: GPT, tokens, lut, *, seq_len: int, stride: int, batch_seqs: int, lr: float,
                        subset: str = "all", rms_stats: dict | None = None, decay: float = 0.0, eps: float = 1e-5,
-                       virtual_ranks: int | None = None, autocast: bool = False,
+                       virtual_ranks: int | None = None, autocast: bool = False, compile: bool = False,
                        name: str = "dynamic_tail") -> EvalResult:
-    """Improved dynamic eval (legal): after every batch, one step on all of its scored targets.
+    """Improved dynamic eval (legal): after every batch, one step on exactly the targets it just scored.
 
-    Scoring is `evaluate_sliding`'s (eval mode: no fake quantization). After batch b is scored the
-    loss is the mean CE over exactly the targets the batch just scored (each with its full window of
-    context), so the update sees only scored targets, and it sees every one of them once (the run's
-    adapts on one window per 4 batches, mostly on targets scored long before).
+    Scoring is `evaluate_sliding`'s (eval mode: no fake quantization). Batch b scores a contiguous
+    span of targets [lo, hi); the update is the mean CE over that span, computed on windows ending
+    at hi, hi-L, ... (each target with up to L tokens of context), so every scored target is trained
+    on exactly once, only after it was scored, at about S*B/L extra windows per batch (the run's
+    dynamic eval trains on one window per 4 batches, mostly on targets scored long before).
 
-    The update runs on fp32 master copies of the adapted tensors (`subset`), written back to the
+    The update runs on fp32 master copies of the adapted tensors (`subset`), written back in the
     model's own dtype, so bf16 tables do not swallow small steps. Plain SGD when `rms_stats` is None;
     otherwise Krause et al.'s rule θ ← θ − lr·g/(MS+eps) + decay·d·(θ0 − θ), d = MS/mean(MS) clipped
     at 1/decay, with MS the per-parameter gradient RMS measured on training batches.
@@ -280,6 +292,7 @@ def adapt_dynamic_tail(model: GPT, tokens, lut, *, seq_len: int, stride: int, ba
     parts = []
     for v in mine:
         m = copy.deepcopy(model) if virtual_ranks else model
+        m.eval()
         named = [(n, p) for n, p in m.named_parameters() if keep(n)]
         for n, p in m.named_parameters():
             p.requires_grad_(keep(n))
@@ -287,17 +300,21 @@ def adapt_dynamic_tail(model: GPT, tokens, lut, *, seq_len: int, stride: int, ba
         origin = [t.clone() for t in master]
         scale = []
         if rms_stats is not None:
-            flat = torch.cat([rms_stats[n].flatten() for n, _ in named])
-            mean_ms = flat.mean()
-            for n, _ in named:
-                ms = rms_stats[n].to(master[0].device)
+            mean_ms = torch.cat([rms_stats[n].flatten() for n, _ in named]).mean()
+            for n, p in named:
+                ms = rms_stats[n].to(p.device)
                 d = (ms / mean_ms).clamp_max(1.0 / decay) if decay > 0 else torch.zeros_like(ms)
                 scale.append((1.0 / (ms + eps), d))
+        fwd = compiled(m, compile)
+        mw = windows.for_rank(v, total)
+        spans = [mw.slice(lo, lo + batch_seqs) for lo in range(0, len(mw), batch_seqs)]
 
-        def step(b, x, y, m=m, named=named, master=master, origin=origin, scale=scale):
-            _, _, mask = window_batch(tokens, current[b], x.device)
+        def step(b, x, y, fwd=fwd, named=named, master=master, origin=origin, scale=scale, spans=spans):
+            w = spans[b]
+            lo, hi = int((w.starts + w.score_from).min()), int((w.starts + w.lengths).max())
+            tx, ty, mask = window_batch(tokens, tail_windows(lo, hi, seq_len), x.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                nll = m.token_nll(x, y)
+                nll = fwd(tx, ty, reduction="none")
             loss = (nll * mask).sum() / mask.sum().clamp_min(1)
             check_finite(loss, name, b)
             grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
@@ -311,13 +328,10 @@ def adapt_dynamic_tail(model: GPT, tokens, lut, *, seq_len: int, stride: int, ba
                         master[i].add_(d * decay * (origin[i] - master[i]))
                     else:
                         master[i].add_(g.float(), alpha=-lr)
-                    p.copy_(master[i].to(p.dtype))
+                    p.copy_(master[i])
 
-        mw = windows.for_rank(v, total)
-        current = [mw.slice(lo, lo + batch_seqs) for lo in range(0, len(mw), batch_seqs)]
-        m.eval()
         try:
-            parts.append(score_windows(m, tokens, lut, mw, batch_seqs, v, step, autocast))
+            parts.append(score_windows(m, tokens, lut, mw, batch_seqs, v, step, autocast, fwd))
         finally:
             for p in m.parameters():
                 p.requires_grad_(True)

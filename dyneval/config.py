@@ -114,6 +114,7 @@ class TrainConfig:
     train_log_every: int = 200  # log a train_loss line every N steps
     checkpoint_every: int = 0  # save the full training state every N steps (0: only on interruption)
     compile: bool = True  # torch.compile the model on CUDA (ignored on the CPU)
+    cudnn_attention: bool = False  # the run disables PyTorch's cuDNN attention; on Hopper it is faster for these shapes
     grad_accum_total: int = 8  # micro-steps per step at world size 1; the run's 8 // world size
     max_val_tokens: int = 0  # cap validation tokens (0: all) -- for the CPU preset only
     threads: int = 0  # torch CPU threads (0: leave torch's default)
@@ -161,6 +162,7 @@ class EvalConfig:
     krause_decay: float = 0.02  # Krause update: decay toward the trained weights per step
     krause_batches: int = 4  # training batches for the gradient RMS statistics
     max_val_tokens: int = 0  # cap validation tokens (0: all)
+    compile: bool = True  # compile the scoring forward on CUDA (ignored on the CPU)
 
     def __post_init__(self):
         _non_negative(self, "tail_lr", "krause_lr", "krause_decay")

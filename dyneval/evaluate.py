@@ -124,7 +124,7 @@ def window_batch(tokens: torch.Tensor, w: Windows, device) -> tuple[torch.Tensor
 def score_batch(model, x, y, mask, lut: ByteLUT, autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-window scored nats and bytes (float64, (B,)). Gradients follow the caller's grad mode."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-        nll = model.token_nll(x, y)  # (B, L) float32
+        nll = model(x, y, reduction="none")  # (B, L) float32; `model` may be a compiled wrapper
     nats = (nll.double() * mask).sum(dim=1)
     nbytes = (lut.target_bytes(x, y) * mask).sum(dim=1)
     return nats, nbytes
@@ -153,6 +153,11 @@ def finish(name: str, parts: list[dict], seconds: float) -> EvalResult:
                                                     float(np.sum(local["num_scored"])),
                                                     float(np.sum(local["bytes"]))])
     return EvalResult(name, nats, toks, nbytes, dist_utils.max_over_ranks(seconds), stream)
+
+
+def compiled(model, enabled: bool):
+    """The scoring forward: `torch.compile(model)` sharing its parameters when enabled (CUDA), else the model."""
+    return torch.compile(model, dynamic=False) if enabled else model
 
 
 def score_windows(model, tokens: torch.Tensor, lut: ByteLUT, windows: Windows, batch_seqs: int,

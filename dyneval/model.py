@@ -246,16 +246,15 @@ class GPT(nn.Module):
         c = self.cfg.logit_softcap
         return c * torch.tanh(z / c)
 
+    def forward(self, ids: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+        """Mean CE over every target (the run's training loss); reduction="none": per-token NLL (B, T) fp32."""
+        z = self.logits(ids)
+        nll = F.cross_entropy(z.float().reshape(-1, z.size(-1)), targets.reshape(-1), reduction=reduction)
+        return nll.view_as(targets) if reduction == "none" else nll
+
     def token_nll(self, ids: Tensor, targets: Tensor) -> Tensor:
         """Per-token NLL in nats, (B, T) float32."""
-        z = self.logits(ids)
-        return F.cross_entropy(z.float().reshape(-1, z.size(-1)), targets.reshape(-1),
-                               reduction="none").view_as(targets)
-
-    def forward(self, ids: Tensor, targets: Tensor) -> Tensor:
-        """Mean CE over every target (the run's training loss)."""
-        z = self.logits(ids)
-        return F.cross_entropy(z.float().reshape(-1, z.size(-1)), targets.reshape(-1))
+        return self(ids, targets, reduction="none")
 
 
 def apply_dtype_policy(model: GPT, bf16_tables: bool = True) -> GPT:

@@ -82,6 +82,23 @@ def build_model(cfg: RunConfig, device: torch.device) -> GPT:
     return model
 
 
+def accumulate(model, next_batch, grad_accum: int, world_size: int, autocast: bool) -> torch.Tensor:
+    """One step's micro-batches: loss/accum backward each, DDP's gradient sync on the last only.
+
+    Returns the step's mean training loss over every rank's tokens.
+    """
+    total = None
+    for micro in range(grad_accum):
+        if world_size > 1:
+            model.require_backward_grad_sync = micro == grad_accum - 1
+        x, y = next_batch()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(x, y)
+        (loss / grad_accum).backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    return dist_utils.all_reduce_(total / grad_accum, average=True)
+
+
 def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, device: str | None = None,
           stop_after: int | None = None) -> dict:
     """Run the training stage into `out_dir`; return the summary written to meta.json (rank 0).
@@ -107,7 +124,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, device: str
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cuda.enable_cudnn_sdp(False)  # the run disables cuDNN attention
+        torch.backends.cuda.enable_cudnn_sdp(tc.cudnn_attention)  # the run disables cuDNN attention
 
     loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), ctx.rank, ctx.world_size, ctx.device)
     lut = data.build_byte_lut(tc.tokenizer_path, cfg.model.vocab_size)
@@ -123,16 +140,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, device: str
     autocast = cuda
 
     def micro_steps() -> torch.Tensor:
-        total = torch.zeros((), device=ctx.device)
-        for micro in range(grad_accum):
-            if ctx.world_size > 1:
-                model.require_backward_grad_sync = micro == grad_accum - 1
-            x, y = loader.next_batch(local_tokens, tc.train_seq_len)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                loss = model(x, y)
-            (loss / grad_accum).backward()
-            total += loss.detach()
-        return dist_utils.all_reduce_(total / grad_accum, average=True)  # the mean over every rank's tokens
+        return accumulate(model, lambda: loader.next_batch(local_tokens, tc.train_seq_len), grad_accum,
+                          ctx.world_size, autocast)
 
     def validate() -> tuple[float, float]:
         r = evaluate_nonoverlap(base, val_tokens, lut, tc.train_seq_len, val_batch_seqs, ctx.rank, ctx.world_size,
