@@ -108,16 +108,16 @@ def sliding_windows(num_targets: int, seq_len: int, stride: int) -> Windows:
 # Batched scoring
 
 def window_batch(tokens: torch.Tensor, w: Windows, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x, y (B, L) zero-padded, and the mask (B, L) of scored targets."""
+    """x, y (B, L) zero-padded, and the mask (B, L) of scored targets, built on the tokens' device."""
     L = w.seq_len
-    offs = torch.arange(L)
-    starts = torch.from_numpy(w.starts)[:, None]
-    lengths = torch.from_numpy(w.lengths)[:, None]
-    valid = offs[None, :] < lengths  # (B, L)
+    dev = tokens.device
+    offs = torch.arange(L, device=dev)
+    starts = torch.as_tensor(w.starts, device=dev)[:, None]
+    valid = offs[None, :] < torch.as_tensor(w.lengths, device=dev)[:, None]  # (B, L)
     idx = (starts + offs[None, :]).clamp_max(tokens.numel() - 2)
     x = torch.where(valid, tokens[idx], 0)
     y = torch.where(valid, tokens[idx + 1], 0)
-    mask = valid & (offs[None, :] >= torch.from_numpy(w.score_from)[:, None])
+    mask = valid & (offs[None, :] >= torch.as_tensor(w.score_from, device=dev)[:, None])
     return x.to(device), y.to(device), mask.to(device)
 
 
@@ -176,13 +176,14 @@ def score_windows(model, tokens: torch.Tensor, lut: ByteLUT, windows: Windows, b
         x, y, mask = window_batch(tokens, w, device)
         with torch.no_grad():
             bn, bb = score_batch(scorer, x, y, mask, lut, autocast)
-        nats.append(bn.cpu().numpy())
-        nbytes.append(bb.cpu().numpy())
+        nats.append(bn)
+        nbytes.append(bb)
         if after_batch is not None:
             after_batch(b, x, y)
     if not nats:
         return {}
-    return _stream_rows(windows, np.concatenate(nats), np.concatenate(nbytes), rank)
+    # one transfer at the end: no device sync per batch on the hot path
+    return _stream_rows(windows, torch.cat(nats).cpu().numpy(), torch.cat(nbytes).cpu().numpy(), rank)
 
 
 def evaluate_windows(name: str, model, tokens, lut, windows: Windows, batch_seqs: int, rank: int = 0,
