@@ -169,7 +169,7 @@ def score_windows(model, tokens: torch.Tensor, lut: ByteLUT, windows: Windows, b
     scoring forward (e.g. a compiled copy sharing its parameters).
     """
     device = next(model.parameters()).device
-    scorer = forward or model
+    scorer = model if forward is None else forward
     nats, nbytes = [], []
     for b, lo in enumerate(range(0, len(windows), batch_seqs)):
         w = windows.slice(lo, lo + batch_seqs)

@@ -127,8 +127,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, device: str
         torch.backends.cuda.enable_cudnn_sdp(tc.cudnn_attention)  # the run disables cuDNN attention
 
     loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), ctx.rank, ctx.world_size, ctx.device)
-    lut = data.build_byte_lut(tc.tokenizer_path, cfg.model.vocab_size)
-    val_tokens = data.load_validation_tokens(data.val_pattern(tc.data_path), tc.train_seq_len, tc.max_val_tokens)
+    lut = data.build_byte_lut(tc.tokenizer_path, cfg.model.vocab_size).to(ctx.device)
+    val_tokens = data.load_validation_tokens(data.val_pattern(tc.data_path), tc.train_seq_len,
+                                             tc.max_val_tokens).to(ctx.device)
     base = build_model(cfg, ctx.device)
     set_qat(False)
     opts = build_optimizers(base, cfg.optim, cfg.model.tie_embeddings)
