@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override for every seed")
     r.add_argument("--seed-set", action="append", metavar="SEED:FIELD=VALUE", help="override for one seed")
     r.add_argument("--figures", default="figures", help="where the report writes figures and tables")
+    r.add_argument("--data-root", default="data", help="datasets/ and tokenizers/ live under it")
     r.add_argument("--timeout", type=int, default=3600, help="seconds per notebook")
 
     rep = sub.add_parser("report", help="tables and figures from a reproduction folder")

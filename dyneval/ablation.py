@@ -236,6 +236,9 @@ def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: lis
     out = Path(out)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:  # document boundaries (target index of each BOS), for per-document figures
+        bos = torch.nonzero(tokens[1:] == data.BOS_ID).flatten().cpu().numpy()
+        np.save(out / "doc_starts.npy", np.unique(np.concatenate([[0], bos])).astype(np.int64))
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for name in variants:

@@ -156,9 +156,9 @@ class EvalConfig:
     ttt_freeze_blocks: int = 2  # first blocks frozen by the run's pre-eval TTT
     ttt_chunk_tokens: int = 32_768  # score-first TTT chunk (merged records)
     ttt_grad_clip: float = 1.0  # TTT gradient-norm clip
-    tail_lr: float = 0.003  # improved dynamic eval: SGD lr of the step after every batch
+    tail_lr: float = 0.003  # improved dynamic eval: SGD lr of the step after every batch (not yet tuned on FineWeb)
     tail_subset: str = "all"  # improved dynamic eval: parameters adapted (all, mlp, attn, blocks, tables, no_tables)
-    krause_lr: float = 3e-5  # Krause update: lr on the RMS-normalised gradient
+    krause_lr: float = 3e-5  # Krause update: lr on the RMS-normalised gradient (not yet tuned on FineWeb)
     krause_decay: float = 0.02  # Krause update: decay toward the trained weights per step
     krause_batches: int = 4  # training batches for the gradient RMS statistics
     max_val_tokens: int = 0  # cap validation tokens (0: all)
@@ -321,8 +321,11 @@ def _smoke() -> RunConfig:
                           warmdown_iters=60, warmup_steps=2, ema_decay=0.9, val_loss_every=50, val_batch_size_tokens=8192,
                           train_log_every=10, compile=False, grad_accum_total=2, max_val_tokens=32769,
                           checkpoint_every=50, threads=2),
+        # The adaptation rates were swept on seed 42's smoke checkpoint (docs/LOG.md): an undertrained model
+        # on a small in-domain stream takes far larger steps than the record's would.
         eval=EvalConfig(eval_seq_len=256, eval_stride=64, eval_batch_seqs=16, dyneval_lr=0.001, adapt_every=4,
-                        ttt_batch_seqs=8, ttt_chunk_tokens=4096, max_val_tokens=32769),
+                        ttt_batch_seqs=8, ttt_chunk_tokens=4096, max_val_tokens=32769, tail_lr=0.03,
+                        krause_lr=3e-4, krause_decay=0.01),
     )
 
 

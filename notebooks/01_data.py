@@ -1,0 +1,81 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Data: shards, tokenizer and byte accounting
+#
+# The challenge scores **bits per byte** on a fixed validation stream. Everything starts from token
+# shards in its format (a 256-word int32 header — magic 20240520, version 1, token count — then uint16
+# tokens, every document opened by BOS = 1) and from the SentencePiece model that says how many UTF-8
+# bytes each token stands for.
+#
+# - `profile="smoke"` builds the **embedded default corpus**: the English documentation text every
+#   CPython ships (pydoc topics and the standard library's docstrings), a 1024-piece BPE trained with
+#   the challenge's settings, train/val shards. Nothing is downloaded.
+# - `profile="record"` / `"record_1gpu"` fetch the challenge's **FineWeb export** from the Hugging Face
+#   Hub (`willdepueoai/parameter-golf`): manifest, tokenizer, all val shards, 80 train shards.
+#
+# Both are cached: a second run reuses what is on disk when it verifies.
+
+# %% tags=["parameters"]
+profile: str = "smoke"  # record, record_1gpu or smoke
+seed: int = 42  # RNG seed of the run
+run_dir: str = "runs/notebook/seed42"  # where this seed's files go
+overrides: str = ""  # comma-separated config overrides (README: Overrides)
+data_root: str = "data"  # datasets/ and tokenizers/ live under it
+
+# %%
+import numpy as np
+import torch
+
+from dyneval import data, notebook
+
+params = notebook.check_parameters(dict(profile=profile, seed=seed, run_dir=run_dir, overrides=overrides,
+                                        data_root=data_root))
+run_dir, data_root = params["run_dir"], params["data_root"]  # relative paths resolve from the project root
+cfg = notebook.make_config(profile, seed, overrides, data_root)
+manifest = notebook.prepare_data(profile, data_root)
+
+# %% [markdown]
+# ## What is on disk
+# Every shard's header is checked against its size before anything reads it.
+
+# %%
+val_files = data.shard_files(data.val_pattern(cfg.train.data_path))
+train_files = data.shard_files(data.train_pattern(cfg.train.data_path))
+for f in val_files + train_files[:4]:
+    print(f"{f.name}: {data.read_header(f):,} tokens")
+print(f"{len(train_files)} train shard(s) in all")
+
+# %% [markdown]
+# ## Byte accounting
+# A target token's bytes are the UTF-8 length of its piece without the leading "▁" (byte-fallback
+# pieces count 1; control/unknown/unused 0), plus one for the space that "▁" stands for unless the
+# previous token is a control token. bpb = (nats / ln 2) / bytes: the tokenizer cannot game it.
+
+# %%
+lut = data.build_byte_lut(cfg.train.tokenizer_path, cfg.model.vocab_size)
+val = data.load_validation_tokens(data.val_pattern(cfg.train.data_path), cfg.eval.eval_seq_len,
+                                  cfg.eval.max_val_tokens)
+nbytes = data.count_bytes(val, lut)
+docs = int((val == data.BOS_ID).sum())
+print(f"validation: {val.numel():,} tokens, {docs} documents, {nbytes:,.0f} bytes, "
+      f"{nbytes / (val.numel() - 1):.3f} bytes per token")
+
+# %%
+sp = data.load_tokenizer(cfg.train.tokenizer_path)
+first_doc = val[: int(torch.nonzero(val[1:] == data.BOS_ID)[0]) + 1] if docs > 1 else val[:200]
+pieces = [sp.id_to_piece(int(t)) for t in first_doc[1:40]]
+counts = lut.target_bytes(first_doc[:39], first_doc[1:40]).long().tolist()
+print(" ".join(f"{p}:{c}" for p, c in zip(pieces, counts)))
+print("\n" + sp.decode(first_doc[1:].tolist())[:600])

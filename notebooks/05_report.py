@@ -1,0 +1,61 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · Report: all seeds, with statistics
+#
+# One number per variant is not a result. For every variant: the mean ± std of bpb over seeds, the
+# **paired** difference to `sliding` on the same checkpoint, a one-sided t-test over seeds, and the
+# challenge's bar for a new record (0.005 nats better at p < 0.01). Failed seeds are listed, not
+# dropped silently. Tables go to Markdown and CSV, figures to PNG and SVG.
+
+# %% tags=["parameters"]
+runs_root: str = "runs/reproduce/smoke"  # folder holding seed<N>/ run folders
+figures_dir: str = "figures"  # where tables and figures are written
+
+# %%
+from pathlib import Path
+
+from IPython.display import Image, Markdown, display
+
+from dyneval import notebook, report
+
+runs_root, figures_dir = notebook.resolve(runs_root), notebook.resolve(figures_dir)
+r = report.build_report(runs_root, figures_dir)
+display(Markdown(Path(figures_dir, "ablation.md").read_text()))
+
+# %% [markdown]
+# ## Cumulative bpb over the validation stream (first seed)
+
+# %%
+display(Image(str(Path(figures_dir, "cumulative_bpb.png"))))
+
+# %% [markdown]
+# ## Δbpb vs sliding per chunk of the stream (mean over seeds)
+# Below zero: the variant scores that part of the stream better than plain sliding windows.
+
+# %%
+display(Image(str(Path(figures_dir, "delta_per_chunk.png"))))
+
+# %% [markdown]
+# ## Per-document gains
+# Each point is one document of one seed: how much a variant changed its bpb against sliding.
+
+# %%
+display(Image(str(Path(figures_dir, "per_document_gain.png"))))
+
+# %% [markdown]
+# ## Training curves
+
+# %%
+display(Image(str(Path(figures_dir, "training_curves.png"))))

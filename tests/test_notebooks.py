@@ -1,0 +1,85 @@
+"""Notebooks: stripped and paired in git, plain parameters, and the papermill reproduction end to end."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+
+
+def test_there_are_five_pipeline_notebooks_each_paired_with_a_py_percent_file():
+    assert [p.stem for p in NOTEBOOKS] == ["01_data", "02_train", "03_quantize", "04_evaluate", "05_report"]
+    import jupytext
+    for nb_path in NOTEBOOKS:
+        nb = jupytext.read(nb_path)
+        py = jupytext.read(nb_path.with_suffix(".py"))
+        assert [(c.cell_type, c.source) for c in nb.cells] == [(c.cell_type, c.source) for c in py.cells], nb_path.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_notebooks_are_stripped_and_run_on_the_python3_kernel(path):
+    nb = json.loads(path.read_text())
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    for c in nb["cells"]:
+        if c["cell_type"] == "code":
+            assert not c.get("outputs") and c.get("execution_count") is None, path.name
+    import subprocess, sys
+    r = subprocess.run([sys.executable, "-m", "nbstripout", "--verify", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_each_notebook_has_one_parameters_cell_of_plain_typed_values(path):
+    import papermill
+    params = papermill.inspect_notebook(str(path))
+    tagged = [c for c in json.loads(path.read_text())["cells"] if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1
+    assert all(p["inferred_type_name"] in ("str", "int") and p["help"] for p in params.values()), params
+    if path.stem != "05_report":
+        from dyneval.notebook import PARAMETERS
+        assert set(params) == set(PARAMETERS)
+
+
+def test_unknown_or_mistyped_notebook_parameters_are_refused():
+    from dyneval.notebook import check_parameters
+    with pytest.raises(ValueError, match="unknown notebook parameter"):
+        check_parameters({"sead": 1})
+    with pytest.raises(ValueError, match="seed='x' is not a valid int"):
+        check_parameters({"seed": "x"})
+
+
+QUICK = ["model.num_layers=3", "model.model_dim=64", "model.num_heads=2", "model.num_kv_heads=1",
+         "model.xsa_last_n=1", "model.rope_dims=8", "train.iterations=6", "train.train_batch_tokens=2048",
+         "train.train_seq_len=128", "train.val_loss_every=3", "train.max_val_tokens=4097", "train.checkpoint_every=3",
+         "eval.eval_seq_len=128", "eval.eval_stride=32", "eval.max_val_tokens=4097", "eval.ttt_chunk_tokens=1024",
+         "eval.ttt_epochs=1", "eval.ttt_batch_seqs=4", "eval.krause_batches=1"]
+
+
+def test_smoke_reproduction_through_papermill_survives_a_failed_seed_and_reports_finite_numbers(corpus_root, tmp_path):
+    from dyneval.reproduce import reproduce
+    out, figs = tmp_path / "runs", tmp_path / "figures"
+    s = reproduce("smoke", [42, 7], out, QUICK, {7: ["train.iterations=abc"]}, figs, timeout=900,
+                  data_root=str(corpus_root), log=lambda *_: None)
+    assert s["done"] == [42] and list(s["failed"]) == [7] and "not a valid int" in s["failed"][7]
+    assert (out / "seed42" / "notebooks" / "04_evaluate.ipynb").is_file()
+    assert (out / "seed7" / "FAILED.json").is_file() and (out / "seed7" / "notebooks" / "01_data.ipynb").is_file()
+    table = (figs / "ablation.md").read_text()
+    assert "seed 7" in table and "not a valid int" in table  # the failure is shown in the report
+    rows = [l for l in (figs / "ablation.csv").read_text().splitlines()[1:]]
+    assert len(rows) >= 11
+    for line in rows:
+        bpb = float(line.split(",")[2])
+        assert math.isfinite(bpb) and 0 < bpb < 20
+    for name in ("cumulative_bpb", "delta_per_chunk", "per_document_gain", "training_curves"):
+        for ext in ("png", "svg"):
+            assert (figs / f"{name}.{ext}").stat().st_size > 5000
+    svg = (figs / "cumulative_bpb.svg").read_text()
+    assert "<dc:date>" not in svg
+    # a second call skips the complete seed and runs only the failed one again
+    again = reproduce("smoke", [42, 7], out, QUICK, {7: ["train.iterations=abc"]}, figs, timeout=900,
+                      data_root=str(corpus_root), log=lambda *_: None)
+    assert again["skipped"] == [42] and list(again["failed"]) == [7]
