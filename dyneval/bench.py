@@ -17,7 +17,7 @@ from . import adapt, distributed as dist_utils
 from .config import load
 from .data import ByteLUT
 from .evaluate import evaluate_sliding, sliding_windows
-from .model import set_qat
+from .model import CausalSelfAttention, set_qat
 from .optim import build_optimizers
 from .train import accumulate, build_model
 
@@ -39,6 +39,7 @@ def bench_train(cfg, steps: int, device: str | None) -> dict:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cuda.enable_cudnn_sdp(tc.cudnn_attention)
+        CausalSelfAttention.expand_kv = tc.cudnn_attention
     base = build_model(cfg, ctx.device)
     opts = build_optimizers(base, cfg.optim, cfg.model.tie_embeddings)
     model = torch.compile(base, dynamic=False) if (cuda and tc.compile) else base
@@ -85,6 +86,7 @@ def bench_eval(cfg, variants: list[str], num_windows: int, device: str | None) -
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cuda.enable_cudnn_sdp(cfg.train.cudnn_attention)
+        CausalSelfAttention.expand_kv = cfg.train.cudnn_attention
     V = cfg.model.vocab_size
     n_tokens = num_windows * e.eval_stride + e.eval_seq_len + 1
     tokens = torch.randint(4, V, (n_tokens,), device=ctx.device, generator=torch.Generator(device=ctx.device).manual_seed(0))

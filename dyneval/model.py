@@ -92,6 +92,10 @@ class Rotary(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
+    # SDPA's cuDNN backend takes no GQA: with it on, K/V are expanded to every query head first
+    # (same math; set by `train.cudnn_attention`).
+    expand_kv: bool = False
+
     def __init__(self, cfg: ModelConfig, use_xsa: bool):
         super().__init__()
         D, d = cfg.model_dim, cfg.head_dim
@@ -114,7 +118,11 @@ class CausalSelfAttention(nn.Module):
         q = q * self.q_gain.to(q.dtype)[None, None, :, None]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, d)
         # GQA: query head h reads kv head h // (H/K); scale 1/sqrt(d)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=K != H)  # (B, H, T, d)
+        if K != H and CausalSelfAttention.expand_kv:
+            y = F.scaled_dot_product_attention(q, k.repeat_interleave(H // K, dim=1), v.repeat_interleave(H // K, dim=1),
+                                               is_causal=True)  # (B, H, T, d)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=K != H)  # (B, H, T, d)
         if self.use_xsa:
             # XSA: remove from each head's output its component along its own kv head's normalised value.
             n = F.normalize(v, dim=-1).repeat_interleave(H // K, dim=1)  # (B, H, T, d)

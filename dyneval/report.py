@@ -141,7 +141,7 @@ def markdown(runs: dict, agg: list[dict], per_seed: list[dict]) -> str:
         lines.append(
             f"| {r['variant']} | {'yes' if r['legal'] else '**no**'} | {r['bpb_mean']:.4f} ± {r['bpb_std']:.4f} | "
             f"{r['delta_bpb_mean']:+.4f} ± {r['delta_bpb_std']:.4f} | {r['delta_nats_mean']:+.4f} | "
-            f"{_p(r['p_value'])} | {'met' if r['meets_record_criterion'] else '—'} | {r['eval_seconds_mean']:.1f} | "
+            f"{_p(r['p_value'])} | {_criterion(r)} | {r['eval_seconds_mean']:.1f} | "
             f"{r['artifact_bytes_mean']:,.0f} |")
     legal = [r for r in agg if r["legal"] and r["variant"] not in ("sliding", "nonoverlap")]
     if legal:
@@ -161,6 +161,12 @@ def markdown(runs: dict, agg: list[dict], per_seed: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _criterion(r: dict) -> str:
+    if not r["meets_record_criterion"]:
+        return "—"
+    return "met" if r["legal"] else "met, but not legal"
+
+
 def _p(p: float) -> str:
     return "n/a" if not np.isfinite(p) else (f"{p:.2g}" if p >= 1e-4 else "<1e-4")
 
@@ -170,6 +176,12 @@ def _p(p: float) -> str:
 
 FIGURE_VARIANTS = ("sliding", "nonoverlap", "dynamic", "pre_eval_ttt+dynamic", "score_first_ttt", "dynamic_tail",
                    "dynamic_krause")
+
+
+def _color(variant: str) -> str:
+    """One colour per variant across every figure."""
+    i = FIGURE_VARIANTS.index(variant) if variant in FIGURE_VARIANTS else len(FIGURE_VARIANTS)
+    return f"C{i}"
 
 
 def _plt():
@@ -214,23 +226,45 @@ def chunk_bpb(stream: dict, edges: np.ndarray) -> np.ndarray:
 
 
 def figure_cumulative(runs: dict, out: Path) -> list[Path]:
+    """Cumulative bpb along the stream per variant (first seed), and its gap to sliding (mean over seeds)."""
     plt = _plt()
     good = ok_runs(runs)
     seed, run = next(iter(good.items()))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for v, s in _streams(run).items():
-        if v not in FIGURE_VARIANTS:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    gaps: dict[str, list] = {}
+    for s_, r in good.items():
+        streams = _streams(r)
+        if "sliding" not in streams:
             continue
-        pos = s["first_scored"] + s["num_scored"]
-        cum = np.cumsum(s["nats"]) / LN2 / np.maximum(np.cumsum(s["bytes"]), 1e-9)
-        ax.plot(pos, cum, label=f"{v}{'' if run['results'][v]['legal'] else ' (not legal)'}", lw=1.2,
-                ls="--" if not run["results"][v]["legal"] else "-")
-    ax.set_xlabel("position in the validation stream (tokens)")
-    ax.set_ylabel("cumulative bits per byte")
-    ax.set_title(f"Cumulative bpb over the validation stream (seed {seed})")
-    ax.legend(fontsize=7)
-    lo = min(r["results"][v]["bpb"] for r in [run] for v in run["results"] if "bpb" in run["results"][v])
-    ax.set_ylim(lo - 0.15, None)
+        base = streams["sliding"]
+        grid = base["first_scored"] + base["num_scored"]
+        base_cum = np.cumsum(base["nats"]) / LN2 / np.cumsum(base["bytes"])
+        for v, st in streams.items():
+            if v not in FIGURE_VARIANTS:
+                continue
+            pos = st["first_scored"] + st["num_scored"]
+            cum = np.cumsum(st["nats"]) / LN2 / np.maximum(np.cumsum(st["bytes"]), 1e-9)
+            if s_ == seed:
+                legal = r["results"][v]["legal"]
+                a.plot(pos, cum, lw=1.1, ls="-" if legal else "--", color=_color(v),
+                       label=f"{v}{'' if legal else ' (not legal)'}")
+            if v != "sliding":
+                gaps.setdefault(v, []).append(np.interp(grid, pos, cum) - base_cum)
+    a.set_xlabel("position in the validation stream (tokens)")
+    a.set_ylabel("cumulative bits per byte")
+    a.set_title(f"Cumulative bpb over the stream (seed {seed})")
+    a.legend(fontsize=7)
+    end = grid[-1] if len(gaps) else 1
+    for v, g in gaps.items():
+        legal = run["results"][v]["legal"]
+        b.plot(grid, np.mean(g, axis=0), lw=1.1, ls="-" if legal else "--", color=_color(v), label=v)
+    b.axhline(0, color="k", lw=0.8)
+    b.set_xlim(0.05 * end, end)  # the first windows' running mean is noise
+    b.set_xlabel("position in the validation stream (tokens)")
+    b.set_ylabel("cumulative bpb minus sliding's")
+    b.set_title(f"Gap to sliding as the stream is scored (mean of {len(good)} seed(s))")
+    b.legend(fontsize=7)
+    fig.tight_layout()
     return _save(fig, out, "cumulative_bpb")
 
 
@@ -253,7 +287,7 @@ def figure_chunk_delta(runs: dict, out: Path, num_chunks: int = 16) -> list[Path
     x = (np.arange(num_chunks) + 0.5) / num_chunks
     for v, ds in per_variant.items():
         legal = next(iter(good.values()))["results"][v]["legal"]
-        ax.plot(x, np.mean(ds, axis=0), marker="o", ms=3, lw=1.2, ls="-" if legal else "--",
+        ax.plot(x, np.mean(ds, axis=0), marker="o", ms=3, lw=1.2, ls="-" if legal else "--", color=_color(v),
                 label=f"{v}{'' if legal else ' (not legal)'}")
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel("fraction of the validation stream")
@@ -263,8 +297,14 @@ def figure_chunk_delta(runs: dict, out: Path, num_chunks: int = 16) -> list[Path
     return _save(fig, out, "delta_per_chunk")
 
 
-def figure_documents(runs: dict, out: Path) -> list[Path]:
-    """Per-document Δbpb vs sliding (documents split at BOS; a window counts toward its first scored target's)."""
+def figure_documents(runs: dict, out: Path, min_bytes: float = 500.0) -> list[Path]:
+    """Per-document Δbpb vs sliding, for the variants scored on sliding windows.
+
+    Documents are split at BOS; a window's nats and bytes count toward the document of its first
+    scored target (windows score `stride` targets, so this is exact up to one window per boundary).
+    Non-overlapping variants are left out: their windows are L/S times coarser. Documents under
+    `min_bytes` are dropped as too short to say anything.
+    """
     plt = _plt()
     good = ok_runs(runs)
     gains: dict[str, list[np.ndarray]] = {}
@@ -275,9 +315,12 @@ def figure_documents(runs: dict, out: Path) -> list[Path]:
             continue
         edges = np.append(np.load(doc_path), np.inf)
         base = chunk_bpb(streams["sliding"], edges)
+        sl = streams["sliding"]
+        idx = np.clip(np.searchsorted(edges, sl["first_scored"], side="right") - 1, 0, len(edges) - 2)
+        big = np.bincount(idx, sl["bytes"], minlength=len(edges) - 1) >= min_bytes
         for v, s in streams.items():
-            if v in FIGURE_VARIANTS and v != "sliding":
-                gains.setdefault(v, []).append(chunk_bpb(s, edges) - base)
+            if v in FIGURE_VARIANTS and v not in ("sliding", "nonoverlap"):
+                gains.setdefault(v, []).append((chunk_bpb(s, edges) - base)[big])
     fig, ax = plt.subplots(figsize=(7, 4))
     names = list(gains)
     data = [np.concatenate(gains[v]) for v in names]
@@ -285,10 +328,11 @@ def figure_documents(runs: dict, out: Path) -> list[Path]:
         ax.boxplot(data, showfliers=False)
         ax.set_xticks(np.arange(1, len(names) + 1), labels=[n.replace("+", "+\n") for n in names], fontsize=7)
         for i, d in enumerate(data, start=1):
-            ax.scatter(np.full(d.size, i) + np.linspace(-0.15, 0.15, d.size), d, s=4, alpha=0.4)
+            ax.scatter(np.full(d.size, i) + np.linspace(-0.15, 0.15, d.size), d, s=4, alpha=0.5, color=_color(names[i - 1]))
     ax.axhline(0, color="k", lw=0.8)
     ax.set_ylabel("Δ bpb vs sliding, per document")
-    ax.set_title(f"Per-document gains ({sum(d.size for d in data)} document scores over {len(good)} seed(s))")
+    ax.set_title(f"Per-document Δbpb vs sliding ({data[0].size if data else 0} scores: documents ≥ {min_bytes:.0f} "
+                 f"bytes × {len(good)} seed(s))")
     return _save(fig, out, "per_document_gain")
 
 

@@ -25,7 +25,7 @@ import torch
 from . import data, distributed as dist_utils, quant
 from .config import RunConfig
 from .evaluate import evaluate_nonoverlap
-from .model import GPT, CastedLinear, apply_dtype_policy, load_weights, set_qat
+from .model import GPT, CastedLinear, CausalSelfAttention, apply_dtype_policy, load_weights, set_qat
 from .optim import build_optimizers, lr_scale, muon_momentum
 
 CHECKPOINT = "checkpoint.pt"
@@ -125,6 +125,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, device: str
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cuda.enable_cudnn_sdp(tc.cudnn_attention)  # the run disables cuDNN attention
+        CausalSelfAttention.expand_kv = tc.cudnn_attention
 
     loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), ctx.rank, ctx.world_size, ctx.device)
     lut = data.build_byte_lut(tc.tokenizer_path, cfg.model.vocab_size).to(ctx.device)
