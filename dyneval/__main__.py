@@ -7,7 +7,11 @@ line (`dyneval: error: ...`) with exit status 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+
+STAGES = {"train": "train", "evaluate": "ablation", "parity": "parity", "reproduce": "reproduce", "report": "report",
+          "bench": "bench"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,29 +94,22 @@ def main(argv=None) -> int:
             from . import corpus
             if args.source == "embedded":
                 corpus.build_embedded(args.out, force=args.force)
-            elif args.data_path:
-                print(corpus.existing_copy(args.data_path, args.tokenizer_path or args.data_path))
+                return 0
+            import os
+            from .config import from_env
+            env = from_env(os.environ)  # the run's DATA_PATH / TOKENIZER_PATH
+            data_path = args.data_path or env.get("train.data_path")
+            tokenizer_path = args.tokenizer_path or env.get("train.tokenizer_path")
+            if data_path or tokenizer_path:
+                if not (data_path and tokenizer_path):
+                    raise ValueError("an existing copy needs both --data-path and --tokenizer-path "
+                                     "(or DATA_PATH and TOKENIZER_PATH)")
+                print(corpus.existing_copy(data_path, tokenizer_path))
             else:
                 corpus.download_fineweb(args.out, args.variant, args.train_shards)
             return 0
-        if args.command == "train":
-            from . import train
-            return train.main(args)
-        if args.command == "evaluate":
-            from . import ablation
-            return ablation.main(args)
-        if args.command == "parity":
-            from . import parity
-            return parity.main(args)
-        if args.command == "reproduce":
-            from . import reproduce
-            return reproduce.main(args)
-        if args.command == "report":
-            from . import report
-            return report.main(args)
-        if args.command == "bench":
-            from . import bench
-            return bench.main(args)
+        if args.command in STAGES:  # each stage module's main(args)
+            return importlib.import_module(f"dyneval.{STAGES[args.command]}").main(args)
         if args.command == "config":
             import json
             from .config import load

@@ -8,7 +8,6 @@ nothing computed is lost), one per-window stream `<variant>.npz` each, and `abla
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import distributed as dist_utils
 from .evaluate import (EvalResult, Windows, compiled, finish, nonoverlap_windows, score_windows, sliding_windows,

@@ -129,7 +129,6 @@ def _csv(rows: list[dict]) -> str:
 def markdown(runs: dict, agg: list[dict], per_seed: list[dict]) -> str:
     good = ok_runs(runs)
     failed = {s: r["failed"] for s, r in runs.items() if "failed" in r}
-    profile = next((r["meta"]["config"].get("nproc") for r in good.values()), None)
     lines = [f"# Ablation: every variant on the same checkpoints ({len(good)} seed(s): "
              f"{', '.join(map(str, good)) or 'none'})", ""]
     if failed:

@@ -3,7 +3,6 @@
 Skipped cleanly on machines without a GPU (CI); run on the lent device machine.
 """
 
-import json
 
 import pytest
 import torch

@@ -14,11 +14,15 @@ def test_parity_command_passes_every_entry_of_the_reference_fixture(fixture_dir)
     assert "0 failed" in r.stdout and "PASS" in r.stdout
 
 
-def test_parity_command_fails_when_an_expected_value_is_off(fixture_dir, tmp_path):
-    bad = tmp_path / "fx"
-    shutil.copytree(fixture_dir, bad)
-    for p in bad.iterdir():
+def _writable_copy(fixture_dir, dest):
+    shutil.copytree(fixture_dir, dest)
+    for p in dest.iterdir():
         p.chmod(0o644)
+    return dest
+
+
+def test_parity_command_fails_when_an_expected_value_is_off(fixture_dir, tmp_path):
+    bad = _writable_copy(fixture_dir, tmp_path / "fx")
     exp = json.loads((bad / "expected.json").read_text())
     keep = {"eval_val", "val_tokens_used"}
     exp = {k: v for k, v in exp.items() if k in keep}
@@ -35,10 +39,7 @@ def test_parity_command_runs_a_fixture_with_other_shape_settings(fixture_dir, tm
     from dyneval.config import ModelConfig
     from dyneval.model import GPT
 
-    fx = tmp_path / "other"
-    shutil.copytree(fixture_dir, fx)
-    for p in fx.iterdir():
-        p.chmod(0o644)
+    fx = _writable_copy(fixture_dir, tmp_path / "other")
     s = json.loads((fx / "settings.json").read_text())
     s["model"].update(num_layers=3, tie_embeddings=False, bigram_vocab_size=0, rope_dims=0, xsa_last_n=3,
                       ln_scale=False, model_dim=128, num_heads=4, num_kv_heads=4)

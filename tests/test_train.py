@@ -62,7 +62,7 @@ def test_two_nodes_of_one_process_on_loopback_match_one_process(one_process, tmp
     procs = []
     for node in range(2):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-               f"--node_rank={node}", f"--master_addr=127.0.0.1", f"--master_port={port}",
+               f"--node_rank={node}", "--master_addr=127.0.0.1", f"--master_port={port}",
                "-m", "dyneval", "train", "--profile", "smoke", "--out", str(out), "--device", "cpu",
                *_sets([], corpus_root)]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
