@@ -27,7 +27,7 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def _header(ctx, cfg) -> dict:
+def _header(ctx) -> dict:
     return {"device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu",
             "torch": torch.__version__, "world_size": ctx.world_size}
 
@@ -71,7 +71,7 @@ def bench_train(cfg, steps: int, device: str | None) -> dict:
     _sync(ctx.device)
     ms = 1000 * (time.perf_counter() - t0) / steps
     tokens_per_gpu = tc.train_batch_tokens / ctx.world_size / (ms / 1000)
-    out = {**_header(ctx, cfg), "bench": "train", "ms_per_step": ms, "tokens_per_step": tc.train_batch_tokens,
+    out = {**_header(ctx), "bench": "train", "ms_per_step": ms, "tokens_per_step": tc.train_batch_tokens,
            "tokens_per_s_per_gpu": tokens_per_gpu, "steps_timed": steps, "compile_s": compile_s,
            "cudnn_attention": tc.cudnn_attention, "compile": tc.compile,
            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
@@ -123,7 +123,7 @@ def bench_eval(cfg, variants: list[str], num_windows: int, device: str | None) -
         _sync(ctx.device)
         s = time.perf_counter() - t0
         set_qat(False)
-        results.append({**_header(ctx, cfg), "bench": "eval", "variant": name, "windows": n_win,
+        results.append({**_header(ctx), "bench": "eval", "variant": name, "windows": n_win,
                         "seconds": s, "windows_per_s": n_win / s, "seq_len": e.eval_seq_len,
                         "stride": e.eval_stride, "batch_seqs": e.eval_batch_seqs, "compiled": comp,
                         "cudnn_attention": cfg.train.cudnn_attention, "bpb_random_tokens": r.bpb})

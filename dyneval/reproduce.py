@@ -10,7 +10,6 @@ event, readable in a terminal, a log file, papermill's output and JupyterLab ali
 from __future__ import annotations
 
 import json
-import os
 import time
 import traceback
 from pathlib import Path
@@ -59,7 +58,6 @@ def reproduce(profile: str, seeds: list[int], out: str | Path, overrides: list[s
     config.preset(profile)  # an unknown profile fails here, before any notebook starts
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("DYNEVAL_PROGRESS", "plain")
     summary = {"done": [], "skipped": [], "failed": {}}
     t_all = time.perf_counter()
     for i, seed in enumerate(seeds, 1):
