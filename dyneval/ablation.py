@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import adapt, data, distributed as dist_utils, quant
+from . import adapt, data, distributed as dist_utils, files, quant
 from .adapt import Quirks
 from .config import RunConfig
 from .evaluate import EvalResult, compiled, evaluate_nonoverlap, evaluate_sliding
@@ -207,18 +207,12 @@ def write_tables(results: dict, out: Path) -> None:
         lines.append(f"| {r['variant']} | {r['bpb']:.4f} | {r['delta_vs_sliding']:+.4f} | "
                      f"{r['delta_vs_score_first_ttt']:+.4f} | {r['seconds']:.1f} | "
                      f"{'yes' if r['legal'] else 'NO (trains on unscored tokens)'} |")
-    _write_text(out / "ablation.md", "\n".join(lines) + "\n")
+    files.write_text(out / "ablation.md", "\n".join(lines) + "\n")
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["variant"], lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
-    _write_text(out / "ablation.csv", buf.getvalue())
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    files.write_text(out / "ablation.csv", buf.getvalue())
 
 
 def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: list[str], quirks: Quirks = Quirks(),
@@ -247,7 +241,7 @@ def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: lis
         except adapt.DivergedError as err:
             results[name] = {"legal": v.legal, "legal_reason": v.reason, "error": str(err)}
             if ctx.is_main:
-                quant.write_json_atomic(results_path, results)
+                files.write_json(results_path, results)
                 write_tables(results, out)
             raise
         entry = {**res.summary(), "legal": v.legal, "legal_reason": v.reason, "description": v.description,
@@ -256,7 +250,7 @@ def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: lis
         results[name] = entry
         if ctx.is_main:
             res.save_stream(out / f"{name}.npz")
-            quant.write_json_atomic(results_path, results)
+            files.write_json(results_path, results)
             write_tables(results, out)
         if ctx.is_main:
             log(f"{name:<26} bpb {res.bpb:.5f} loss {res.loss:.5f} ({res.seconds:.1f} s) "

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import sys
 import sysconfig
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data
+from . import data, files
 
 EMBEDDED_NAME = "embedded_sp1024"
 EMBEDDED_TOKENIZER = "embedded_1024_bpe.model"
@@ -64,13 +63,13 @@ def _stdlib_sources() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"test", "tests", "idlelib", "turtledemo", "site-packages", "dist-packages", "lib2to3", "ensurepip",
             "__pycache__", "venv"}
-    files = []
+    sources = []
     for p in sorted(root.rglob("*.py")):
         rel = p.relative_to(root).parts
         if any(part in skip or part.startswith("test_") for part in rel):
             continue
-        files.append(p)
-    return files
+        sources.append(p)
+    return sources
 
 
 def _docstring_documents(path: Path) -> list[str]:
@@ -116,9 +115,7 @@ def _train_tokenizer(docs: list[str], model_path: Path) -> None:
         spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(prefix), num_threads=os.cpu_count() or 1,
                                        input_sentence_size=400_000, shuffle_input_sentence=True,
                                        minloglevel=2, **SP_SETTINGS)
-        tmp_model = model_path.with_name(model_path.name + ".tmp")
-        shutil.copyfile(str(prefix) + ".model", tmp_model)
-        os.replace(tmp_model, model_path)
+        files.write_bytes(model_path, Path(str(prefix) + ".model").read_bytes())
 
 
 def _encode(docs: list[str], sp) -> np.ndarray:
@@ -169,7 +166,7 @@ def build_embedded(root: str | Path = "data", force: bool = False, log=print) ->
     for old in ds.glob("fineweb_*.bin"):
         old.unlink()
     train_tokens, val_tokens = _encode(train_docs, sp), _encode(val_docs, sp)
-    files = [tok_path] + _write_split(train_tokens, ds, "train", EMBEDDED_SHARD_TOKENS) \
+    written = [tok_path] + _write_split(train_tokens, ds, "train", EMBEDDED_SHARD_TOKENS) \
         + _write_split(val_tokens, ds, "val", EMBEDDED_SHARD_TOKENS)
     lut = data.build_byte_lut(tok_path, sp.vocab_size())
     import torch
@@ -181,12 +178,10 @@ def build_embedded(root: str | Path = "data", force: bool = False, log=print) ->
         "tokens": {"train": int(train_tokens.size), "val": int(val_tokens.size)},
         "val_bytes": val_bytes, "val_bytes_per_token": val_bytes / max(val_tokens.size - 1, 1),
         "tokenizer": str(tok_path.relative_to(root)),
-        "sha256": {str(f.relative_to(root)): sha256_file(f) for f in files},
+        "sha256": {str(f.relative_to(root)): sha256_file(f) for f in written},
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    tmp = manifest_path.with_name("manifest.json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, manifest_path)
+    files.write_json(manifest_path, manifest)
     log(f"embedded corpus: {len(docs)} docs, {train_tokens.size:,} train + {val_tokens.size:,} val tokens, "
         f"{manifest['val_bytes_per_token']:.3f} bytes/token, in {manifest['seconds']:.1f} s -> {ds}")
     return manifest
@@ -230,8 +225,8 @@ def _dataset_entry(manifest: dict, name: str) -> tuple[int, int, list[str]]:
     n_train, n_val = int(stats["files_train"]), int(stats["files_val"])
     tok_name = entry.get("tokenizer_name")
     tok = next((t for t in manifest.get("tokenizers", []) if t.get("name") == tok_name), {})
-    files = [tok[k] for k in ("model_path", "vocab_path", "path") if tok.get(k)]
-    return n_train, n_val, files
+    tok_files = [tok[k] for k in ("model_path", "vocab_path", "path") if tok.get(k)]
+    return n_train, n_val, tok_files
 
 
 def _verified_shard(path: Path, expect: dict | None) -> bool:
@@ -316,8 +311,8 @@ def _progress(total: int, log):
 
 def existing_copy(data_path: str | Path, tokenizer_path: str | Path) -> dict:
     """Accept a local copy: validate every shard header and the tokenizer file."""
-    files = data.shard_files(data.val_pattern(data_path)) + data.shard_files(data.train_pattern(data_path))
-    for f in files:
+    shards = data.shard_files(data.val_pattern(data_path)) + data.shard_files(data.train_pattern(data_path))
+    for f in shards:
         data.read_header(f)
     data.load_tokenizer(tokenizer_path)
-    return {"dataset": str(data_path), "tokenizer": str(tokenizer_path), "shards": len(files)}
+    return {"dataset": str(data_path), "tokenizer": str(tokenizer_path), "shards": len(shards)}

@@ -10,12 +10,13 @@ validation tokens; and the bytes each target token stands for. Making or fetchin
 from __future__ import annotations
 
 import glob
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from . import files
 
 SHARD_MAGIC = 20240520  # the challenge's shard header
 SHARD_VERSION = 1
@@ -64,12 +65,9 @@ def write_shard(path: str | Path, tokens) -> None:
         raise ValueError(f"{path}: token ids must lie in [0, 65535] for uint16 shards")
     header = np.zeros(HEADER_WORDS, dtype="<i4")
     header[:3] = (SHARD_MAGIC, SHARD_VERSION, tokens.size)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with files.atomic_open(path) as f:
         f.write(header.tobytes())
         f.write(tokens.astype("<u2").tobytes())
-    os.replace(tmp, path)
 
 
 def shard_files(pattern: str) -> list[Path]:

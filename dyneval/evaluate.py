@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import distributed as dist_utils
+from . import distributed as dist_utils, files
 from .data import ByteLUT
 
 STREAM_FIELDS = ("window_start", "first_scored", "num_scored", "nats", "bytes", "rank")
@@ -52,10 +52,8 @@ class EvalResult:
                 "bytes": self.bytes, "seconds": self.seconds, "windows": int(len(self.stream.get("nats", [])))}
 
     def save_stream(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **self.stream)
-        tmp.replace(path)
+        with files.atomic_open(path) as f:
+            np.savez(f, **self.stream)
 
 
 def load_stream(path: str | Path) -> dict:

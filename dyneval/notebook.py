@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import files
 from .config import RunConfig, preset
 
 PARAMETERS = {"profile": str, "seed": int, "run_dir": str, "overrides": str, "data_root": str}
@@ -109,9 +110,7 @@ def launch(args: list[str], nproc: int | None = None, log=print) -> int:
 
 def write_config(cfg: RunConfig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(cfg.to_dict(), indent=1))
-    tmp.replace(path)
+    files.write_json(path, cfg.to_dict(), indent=1)
     return path
 
 

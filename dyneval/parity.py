@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import adapt, data, evaluate, quant
+from . import adapt, data, evaluate, files, quant
 from .config import ModelConfig, OptimConfig, _build
 from .model import GPT, load_weights, set_qat
 from .optim import build_optimizers
@@ -249,10 +249,7 @@ def check_params(rep: Report, got: dict, want: dict) -> None:
 
 def write_expected(directory: str | Path) -> None:
     """Write `expected.json` for a fixture directory from this library's own numerics (regression fixtures)."""
-    path = Path(directory) / "expected.json"
-    tmp = path.with_name("expected.json.tmp")
-    tmp.write_text(json.dumps(compute(directory), indent=1) + "\n")
-    tmp.replace(path)
+    files.write_json(Path(directory) / "expected.json", compute(directory), indent=1)
 
 
 def main(args) -> int:

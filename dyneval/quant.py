@@ -9,12 +9,11 @@ against the challenge's 16,000,000-byte cap (compressed model + code).
 from __future__ import annotations
 
 import io
-import json
-import os
 from pathlib import Path
 
 import torch
 
+from . import files
 from .config import is_control
 
 PASSTHROUGH_MAX_NUMEL = 65_536  # tensors this small are stored as fp16 as is (the run's threshold)
@@ -123,10 +122,7 @@ def artifact_bytes(state: dict[str, torch.Tensor]) -> bytes:
 def write_artifact(path: str | Path, state: dict[str, torch.Tensor]) -> int:
     """Quantize, serialize and compress `state` to `path` atomically; return the compressed size."""
     blob = artifact_bytes(state)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(blob)
-    os.replace(tmp, path)
+    files.write_bytes(path, blob)
     return len(blob)
 
 
@@ -172,10 +168,3 @@ def size_report(artifact_path: str | Path) -> dict:
     return {"artifact": str(artifact_path), "model_bytes": model, "code_bytes": code,
             "total_bytes": model + code, "cap_bytes": SIZE_CAP_BYTES,
             "under_cap": model + code <= SIZE_CAP_BYTES, "headroom_bytes": SIZE_CAP_BYTES - model - code}
-
-
-def write_json_atomic(path: str | Path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import files
 from .evaluate import load_stream
 
 RECORD_DELTA_NATS = 0.005  # the challenge: a new record must beat the old by 0.005 nats ...
@@ -364,9 +365,7 @@ def build_report(runs_dir: str | Path, out_dir: str | Path) -> dict:
     agg, per_seed = aggregate(runs), per_seed_rows(runs)
     for name, text in (("ablation.md", markdown(runs, agg, per_seed)), ("ablation.csv", _csv(agg)),
                        ("ablation_per_seed.csv", _csv(per_seed))):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out / name)
+        files.write_text(out / name, text)
     figures = []
     if ok_runs(runs):
         for f in (figure_cumulative, figure_chunk_delta, figure_documents, figure_training):

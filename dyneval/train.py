@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from . import data, distributed as dist_utils, quant
+from . import data, distributed as dist_utils, files, quant
 from .config import RunConfig
 from .evaluate import evaluate_nonoverlap
 from .model import GPT, CastedLinear, CausalSelfAttention, apply_dtype_policy, load_weights, set_qat
@@ -69,9 +69,8 @@ class Logger:
 
 
 def save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with files.atomic_open(path) as f:
+        torch.save(obj, f)
 
 
 def build_model(cfg: RunConfig, device: torch.device) -> GPT:
@@ -268,7 +267,7 @@ def finish_training(cfg, base: GPT, ema, out: Path, ctx, log, history, step, tra
     if ctx.is_main:
         save_atomic(state, out / "final_model.pt")
         quant.write_artifact(artifact, state)
-        quant.write_json_atomic(out / "size_report.json", quant.size_report(artifact))
+        files.write_json(out / "size_report.json", quant.size_report(artifact))
     dist_utils.barrier()
     deq = quant.load_artifact(artifact, base.state_dict())
     rt = copy.deepcopy(base)
@@ -285,7 +284,7 @@ def finish_training(cfg, base: GPT, ema, out: Path, ctx, log, history, step, tra
             "final_ema": ema_val.summary(), "final_int6_roundtrip": rt_val.summary(), "size": size,
             "history": history}
     if ctx.is_main:
-        quant.write_json_atomic(out / "meta.json", meta)
+        files.write_json(out / "meta.json", meta)
         ck = out / CHECKPOINT
         if ck.is_file():
             ck.unlink()
