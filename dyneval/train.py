@@ -103,7 +103,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, device: str
     """Run the training stage into `out_dir`; return the summary written to meta.json (rank 0).
 
     `stop_after`: end the loop after this many steps as if interrupted (checkpoint written, no
-    export) -- used by the resume test and by notebooks that train in slices.
+    export), as a kill at that step would; the resume test uses it.
     """
     ctx = dist_utils.setup(device)
     tc = cfg.train
