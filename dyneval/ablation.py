@@ -139,7 +139,7 @@ def run_variant(name: str, ck: Checkpoint, tokens: torch.Tensor, lut, quirks: Qu
                                         **sliding, **sf)
         elif name.startswith("dynamic_tail") or name == "dynamic_krause":
             subset = "mlp" if name == "dynamic_tail_mlp" else e.tail_subset
-            kw = dict(lr=e.tail_lr, subset=subset)
+            kw = dict(lr=e.tail_lr, subset=subset, lora_rank=e.lora_rank)
             stats_s = 0.0
             if name == "dynamic_krause":
                 t0 = time.perf_counter()

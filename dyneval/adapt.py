@@ -230,7 +230,32 @@ def score_first_ttt(model: GPT, tokens, lut, *, seq_len: int, stride: int, batch
 # ----------------------------------------------------------------------------------------------
 # Legal: improved dynamic eval
 
+class LowRankDelta(torch.nn.Module):
+    """A low-rank adapter as a weight parametrization: W + B A, B zero-initialised, fp32."""
+
+    def __init__(self, weight: torch.Tensor, rank: int, generator: torch.Generator):
+        super().__init__()
+        out_f, in_f = weight.shape
+        a = torch.randn(rank, in_f, generator=generator) / in_f ** 0.5
+        self.A = torch.nn.Parameter(a.to(weight.device))
+        self.B = torch.nn.Parameter(torch.zeros(out_f, rank, device=weight.device))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + (self.B @ self.A).to(weight.dtype)
+
+
+def add_low_rank_adapters(model: GPT, rank: int, seed: int = 0) -> None:
+    """Attach a rank-`rank` adapter to every block linear; only the adapters are then adapted (subset "lora")."""
+    from torch.nn.utils import parametrize
+
+    g = torch.Generator().manual_seed(seed)
+    for module in model.blocks.modules():
+        if isinstance(module, torch.nn.Linear):
+            parametrize.register_parametrization(module, "weight", LowRankDelta(module.weight, rank, g))
+
+
 PARAM_SUBSETS = {
+    "lora": lambda n: ".parametrizations.weight.0." in n,
     "all": lambda n: True,
     "mlp": lambda n: ".mlp." in n,
     "attn": lambda n: ".attn." in n,
@@ -269,6 +294,7 @@ def tail_windows(lo: int, hi: int, seq_len: int) -> Windows:
 
 def adapt_dynamic_tail(model: GPT, tokens, lut, *, seq_len: int, stride: int, batch_seqs: int, lr: float,
                        subset: str = "all", rms_stats: dict | None = None, decay: float = 0.0, eps: float = 1e-5,
+                       lora_rank: int = 8,
                        virtual_ranks: int | None = None, autocast: bool = False, compile: bool = False,
                        name: str = "dynamic_tail") -> EvalResult:
     """Improved dynamic eval (legal): after every batch, one step on exactly the targets it just scored.
@@ -280,7 +306,8 @@ def adapt_dynamic_tail(model: GPT, tokens, lut, *, seq_len: int, stride: int, ba
     dynamic eval trains on one window per 4 batches, mostly on targets scored long before).
 
     The update runs on fp32 master copies of the adapted tensors (`subset`), written back in the
-    model's own dtype, so bf16 tables do not swallow small steps. Plain SGD when `rms_stats` is None;
+    model's own dtype, so bf16 tables do not swallow small steps. `subset="lora"` adapts only
+    rank-`lora_rank` adapters attached to every block linear (plain SGD only). Plain SGD when `rms_stats` is None;
     otherwise Krause et al.'s rule θ ← θ − lr·g/(MS+eps) + decay·d·(θ0 − θ), d = MS/mean(MS) clipped
     at 1/decay, with MS the per-parameter gradient RMS measured on training batches.
     """
@@ -292,6 +319,10 @@ def adapt_dynamic_tail(model: GPT, tokens, lut, *, seq_len: int, stride: int, ba
     for v in mine:
         m = copy.deepcopy(model) if virtual_ranks else model
         m.eval()
+        if subset == "lora":
+            if rms_stats is not None:
+                raise ValueError(f"{name}: Krause statistics do not cover low-rank adapters: use plain SGD with lora")
+            add_low_rank_adapters(m, lora_rank)
         named = [(n, p) for n, p in m.named_parameters() if keep(n)]
         for n, p in m.named_parameters():
             p.requires_grad_(keep(n))

@@ -157,7 +157,8 @@ class EvalConfig:
     ttt_chunk_tokens: int = 32_768  # score-first TTT chunk (merged records)
     ttt_grad_clip: float = 1.0  # TTT gradient-norm clip
     tail_lr: float = 0.003  # improved dynamic eval: SGD lr of the step after every batch (not yet tuned on FineWeb)
-    tail_subset: str = "all"  # improved dynamic eval: parameters adapted (all, mlp, attn, blocks, tables, no_tables)
+    tail_subset: str = "all"  # improved dynamic eval: parameters adapted (all, mlp, attn, blocks, tables, no_tables, lora)
+    lora_rank: int = 8  # rank of the adapters when tail_subset is lora
     krause_lr: float = 3e-5  # Krause update: lr on the RMS-normalised gradient (not yet tuned on FineWeb)
     krause_decay: float = 0.02  # Krause update: decay toward the trained weights per step
     krause_batches: int = 4  # training batches for the gradient RMS statistics
@@ -166,9 +167,10 @@ class EvalConfig:
 
     def __post_init__(self):
         _non_negative(self, "tail_lr", "krause_lr", "krause_decay")
-        if self.tail_subset not in ("all", "mlp", "attn", "blocks", "tables", "no_tables"):
-            raise ValueError(f"tail_subset={self.tail_subset!r} must be one of all, mlp, attn, blocks, tables, no_tables")
-        _positive(self, "krause_batches")
+        if self.tail_subset not in ("all", "mlp", "attn", "blocks", "tables", "no_tables", "lora"):
+            raise ValueError(f"tail_subset={self.tail_subset!r} must be one of all, mlp, attn, blocks, tables, "
+                             f"no_tables, lora")
+        _positive(self, "krause_batches", "lora_rank")
         _positive(self, "eval_seq_len", "eval_stride", "eval_batch_seqs", "adapt_every", "ttt_batch_seqs",
                   "ttt_chunk_tokens")
         _non_negative(self, "dyneval_lr", "ttt_lr", "ttt_epochs", "ttt_freeze_blocks", "ttt_grad_clip",

@@ -114,3 +114,25 @@ def test_quirk_switches_are_named_and_checked():
     assert ablation.parse_quirks("qat_on=0,rank_local=1") == ablation.Quirks(qat_on=False, rank_local=True)
     with pytest.raises(ValueError, match="bf16"):
         ablation.parse_quirks("bf16=0")
+
+
+def test_low_rank_adapters_adapt_legally_and_leave_the_trained_weights_untouched(setup):
+    from dyneval import adapt, evaluate
+    cfg, ck, lut, tokens = setup
+    kw = dict(seq_len=128, stride=32, batch_seqs=4, subset="lora", lora_rank=4)
+    base = evaluate.evaluate_sliding(ck.model(), tokens, lut, 128, 32, 4)
+    zero = adapt.adapt_dynamic_tail(ck.model(), tokens, lut, lr=0.0, **kw)
+    assert np.array_equal(zero.stream["nats"], base.stream["nats"])  # B starts at zero: W + BA = W
+    m = ck.model()
+    a = adapt.adapt_dynamic_tail(m, tokens, lut, lr=0.05, **kw)
+    b = adapt.adapt_dynamic_tail(ck.model(), _changed(tokens), lut, lr=0.05, **kw)
+    before = a.stream["first_scored"] + a.stream["num_scored"] <= P
+    assert np.array_equal(a.stream["nats"][before], b.stream["nats"][before])
+    assert a.bpb != base.bpb
+    adapted = dict(m.named_parameters())
+    bs = [p for n, p in adapted.items() if n.endswith(".parametrizations.weight.0.B")]
+    assert len(bs) == 6 * 4 and any(b.abs().sum() > 0 for b in bs)  # 6 linears x 4 blocks, adapted
+    original = m.blocks[0].mlp.fc.parametrizations.weight.original
+    assert torch.equal(original, ck.state["blocks.0.mlp.fc.weight"])
+    with pytest.raises(ValueError, match="Krause statistics do not cover low-rank adapters"):
+        adapt.adapt_dynamic_tail(ck.model(), tokens, lut, lr=1e-4, rms_stats={}, **kw)
