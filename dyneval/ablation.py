@@ -134,7 +134,7 @@ def run_variant(name: str, ck: Checkpoint, tokens: torch.Tensor, lut, quirks: Qu
             hook = None
             if name.endswith("+dynamic"):
                 settings["dynamic"] = dyn
-                hook = _run_dynamic_hook(e.dyneval_lr, e.adapt_every, cuda)
+                hook = adapt.dynamic_hook(e.dyneval_lr, e.adapt_every, cuda, name)
             res = adapt.score_first_ttt(m, tokens, lut, virtual_ranks=vr, autocast=cuda, then_dynamic=hook, name=name,
                                         **sliding, **sf)
         elif name.startswith("dynamic_tail") or name == "dynamic_krause":
@@ -156,28 +156,6 @@ def run_variant(name: str, ck: Checkpoint, tokens: torch.Tensor, lut, quirks: Qu
     finally:
         set_qat(False)
     return res, settings
-
-
-def _run_dynamic_hook(lr: float, every: int, autocast: bool):
-    """The run's dynamic SGD step, as a per-batch hook for score-first TTT's scoring passes."""
-    state = {}
-
-    def hook(b, x, y, model):
-        if b % every:
-            return
-        if "opt" not in state or state["model"] is not model:
-            state.update(model=model, opt=torch.optim.SGD(model.parameters(), lr=lr))
-        was = model.training
-        model.train()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            loss = model(x[:1], y[:1])
-        adapt.check_finite(loss, "score_first_ttt+dynamic", b)
-        state["opt"].zero_grad(set_to_none=True)
-        loss.backward()
-        state["opt"].step()
-        model.train(was)
-
-    return hook
 
 
 def ablation_rows(results: dict) -> list[dict]:

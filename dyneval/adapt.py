@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +27,7 @@ import torch
 from . import distributed as dist_utils
 from .evaluate import (EvalResult, Windows, compiled, finish, nonoverlap_windows, score_windows, sliding_windows,
                        window_batch)
-from .model import GPT, set_qat
+from .model import GPT, CastedLinear, set_qat
 
 
 class DivergedError(RuntimeError):
@@ -63,6 +64,34 @@ def virtual_slices(num_virtual: int | None) -> tuple[list[int], int]:
 # ----------------------------------------------------------------------------------------------
 # The run's dynamic eval
 
+def dynamic_step(fwd, opt, x, y, b: int, adapt_every: int, autocast: bool, name: str) -> None:
+    """The run's dynamic-eval update after batch b: when b % adapt_every == 0, one SGD step on the
+    mean CE of the batch's first window as padded. `fwd` runs in train mode (fake quant if on)."""
+    if b % adapt_every:
+        return
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        loss = fwd(x[:1], y[:1])
+    check_finite(loss, name, b)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def dynamic_hook(lr: float, adapt_every: int, autocast: bool, name: str):
+    """`dynamic_step` as a `score_first_ttt(then_dynamic=...)` hook: the model scores in eval mode there,
+    so the step switches it to train mode and back."""
+    opts: dict[int, torch.optim.Optimizer] = {}
+
+    def hook(b, x, y, model):
+        opt = opts.setdefault(id(model), torch.optim.SGD(model.parameters(), lr=lr))
+        was = model.training
+        model.train()
+        dynamic_step(model, opt, x, y, b, adapt_every, autocast, name)
+        model.train(was)
+
+    return hook
+
+
 def adapt_dynamic(model: GPT, tokens, lut, *, seq_len: int, stride: int, batch_seqs: int, lr: float,
                   adapt_every: int, virtual_ranks: int | None = None, autocast: bool = False,
                   compile: bool = False, name: str = "dynamic") -> EvalResult:
@@ -88,14 +117,7 @@ def adapt_dynamic(model: GPT, tokens, lut, *, seq_len: int, stride: int, batch_s
         opt = torch.optim.SGD(m.parameters(), lr=lr)
 
         def step(b, x, y, fwd=fwd, opt=opt):
-            if b % adapt_every:
-                return
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                loss = fwd(x[:1], y[:1])
-            check_finite(loss, name, b)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            dynamic_step(fwd, opt, x, y, b, adapt_every, autocast, name)
 
         parts.append(score_windows(m, tokens, lut, windows.for_rank(v, total), batch_seqs, v, step, autocast, fwd))
     return finish(name, parts, time.perf_counter() - t0)
@@ -368,18 +390,12 @@ def adapt_dynamic_tail(model: GPT, tokens, lut, *, seq_len: int, stride: int, ba
     return finish(name, parts, time.perf_counter() - t0)
 
 
+@contextmanager
 def run_with_qat(flag: bool):
-    """Context manager setting late QAT's class-wide flag, restoring it afterwards."""
-    from contextlib import contextmanager
-    from .model import CastedLinear
-
-    @contextmanager
-    def ctx():
-        before = CastedLinear.qat_enabled
-        set_qat(flag)
-        try:
-            yield
-        finally:
-            set_qat(before)
-
-    return ctx()
+    """Set late QAT's class-wide flag for the block, restoring it afterwards."""
+    before = CastedLinear.qat_enabled
+    set_qat(flag)
+    try:
+        yield
+    finally:
+        set_qat(before)
