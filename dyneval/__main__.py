@@ -1,21 +1,31 @@
-"""Command line: `python -m dyneval {data,train,evaluate,parity,reproduce,report,bench,config}`.
+"""Command line: `python -m dyneval {data,train,export,evaluate,parity,reproduce,report,bench,config}`.
 
-Thin `main()`s over library calls; every error the library raises for bad input is printed as one
-line (`dyneval: error: ...`) with exit status 2.
+The only module that parses arguments: each command is a thin function over library calls, and
+every command that takes a config resolves it through `config.resolve` (profile or file or run
+folder, then the record's environment variables only with `--env`, then `--set`). Bad input is
+printed as one line (`dyneval: error: ...`, exit status 2); anything else is a bug and keeps its
+traceback. `--debug` (or DYNEVAL_DEBUG=1) shows the traceback of bad-input errors too.
+
+Option names avoid every prefix of torchrun's own options (`--run` would be read by torchrun as an
+abbreviation of its `--run-path`), so each command line works under `torchrun ... -m dyneval`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
+import os
 import sys
+import time
+from pathlib import Path
 
-STAGES = {"train": "train", "evaluate": "ablation", "parity": "parity", "reproduce": "reproduce", "report": "report",
-          "bench": "bench"}
+# Errors that mean bad input or a failed run with its own clear message (one line, exit status 2).
+USER_ERRORS = (ValueError, FileNotFoundError, ConnectionError, FloatingPointError)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dyneval", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks of bad-input errors too")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("data", help="make or fetch a dataset in the challenge's layout")
@@ -29,28 +39,38 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", default="data")
     f.add_argument("--data-path", help="use an existing local copy of the shard folder instead")
     f.add_argument("--tokenizer-path", help="with --data-path: the tokenizer of that copy")
+    f.add_argument("--env", action="store_true", help="take DATA_PATH / TOKENIZER_PATH from the environment")
 
-    def profile_args(q):
-        q.add_argument("--profile", default="smoke", help="record, record_1gpu or smoke")
-        q.add_argument("--config", help="a resolved config JSON (e.g. a run's meta.json 'config') instead of a profile")
+    def config_args(q, run_dir: bool = False):
+        src = q.add_mutually_exclusive_group()
+        src.add_argument("--profile", help="record, record_1gpu or smoke (default smoke)")
+        src.add_argument("--config", help="a resolved config JSON (e.g. a run's config.json) instead of a profile")
+        if run_dir:
+            src.add_argument("--run-dir", help="a finished training run: its meta.json config and its artifact")
+        q.add_argument("--env", action="store_true",
+                       help="apply the record script's environment variables (NUM_LAYERS, SEED, DATA_PATH, ...)")
         q.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a config field (repeatable)")
         q.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
 
     t = sub.add_parser("train", help="train (also under torchrun)")
-    profile_args(t)
+    config_args(t)
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
 
+    x = sub.add_parser("export", help="re-quantize a trained run: artifact, size report, round-trip score")
+    x.add_argument("run_folder", help="a training run folder (final_model.pt and meta.json or config.json)")
+    x.add_argument("--bits", type=int, default=6, help="bits of the attention/MLP grid (the run: 6)")
+    x.add_argument("--clip-quantile", type=float, default=None, help="int8 per-row clip (the run: 0.9999984)")
+    x.add_argument("--passthrough-max-numel", type=int, default=None, help="fp16 passthrough size (the run: 65536)")
+    x.add_argument("--device", choices=["cpu", "cuda"])
+
     ev = sub.add_parser("evaluate", help="score adaptation variants on one checkpoint's artifact")
-    src = ev.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", help="a training run folder (its meta.json config and artifact)")
-    src.add_argument("--artifact", help="an int6 artifact (.ptz); give the model through --profile/--config")
-    profile_args(ev)
-    ev.add_argument("--data", help="dataset folder (default: the config's data_path)")
-    ev.add_argument("--tokenizer", help="tokenizer (default: the config's tokenizer_path)")
+    config_args(ev, run_dir=True)
+    ev.add_argument("--artifact", help="an int6 artifact (.ptz) scored with the --profile/--config model")
     ev.add_argument("--variants", default="nonoverlap,sliding", help="comma-separated; `all` for every variant")
     ev.add_argument("--quirks", help="the run's quirks for its own variants, e.g. qat_on=0,bf16_tables=0,rank_local=0")
-    ev.add_argument("--virtual-ranks", type=int, help="emulate K ranks' slices and rank-local adaptation")
+    ev.add_argument("--virtual-ranks", type=int, help="emulate K ranks (default: the profile's eval.ranks)")
+    ev.add_argument("--fresh", action="store_true", help="start the results folder over instead of adding to it")
     ev.add_argument("--out", required=True, help="results folder")
 
     pa = sub.add_parser("parity", help="recompute a reference fixture's expected.json")
@@ -61,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="notebooks 01-04 per seed through papermill, then 05")
     r.add_argument("--profile", default="smoke")
     r.add_argument("--seeds", type=int, nargs="+", default=[42])
-    r.add_argument("--out", default="runs/reproduce")
+    r.add_argument("--out", default=None, help="default runs/reproduce/<profile>")
     r.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override for every seed")
     r.add_argument("--seed-set", action="append", metavar="SEED:FIELD=VALUE", help="override for one seed")
     r.add_argument("--figures", default="figures", help="where the report writes figures and tables")
@@ -69,57 +89,177 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=int, default=3600, help="seconds per notebook")
 
     rep = sub.add_parser("report", help="tables and figures from a reproduction folder")
-    rep.add_argument("--runs", default="runs/reproduce")
+    rep.add_argument("--runs", default="runs/reproduce/smoke")
     rep.add_argument("--figures", default="figures")
 
-    b = sub.add_parser("bench", help="GPU benchmarks that print figures")
+    b = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = b.add_subparsers(dest="what", required=True)
     bt = bsub.add_parser("train", help="ms per step and tokens/s per GPU, after compilation")
-    profile_args(bt)
+    config_args(bt)
     bt.add_argument("--steps", type=int, default=10)
-    be = bsub.add_parser("eval", help="windows/s of scoring passes")
-    profile_args(be)
+    be = bsub.add_parser("eval", help="windows/s of scoring passes (any variant of the registry)")
+    config_args(be)
     be.add_argument("--variants", default="sliding,dynamic")
     be.add_argument("--windows", type=int, default=4096)
 
-    c = sub.add_parser("config", help="print a profile's resolved config as JSON")
-    profile_args(c)
+    c = sub.add_parser("config", help="print the resolved config and where each non-default value came from")
+    config_args(c, run_dir=True)
     return p
+
+
+def resolved(args):
+    """The config of a command, resolved the one way (config.resolve)."""
+    from .config import resolve
+    from .variants import RUN_OVERRIDABLE
+
+    return resolve(args.profile or "smoke", config_file=args.config, run_dir=getattr(args, "run_dir", None),
+                   overrides=args.set or [], environ=os.environ if args.env else None,
+                   run_overridable=RUN_OVERRIDABLE)
+
+
+def cmd_data(args) -> int:
+    from . import corpus
+
+    if args.source == "embedded":
+        corpus.build_embedded(args.out, force=args.force)
+        return 0
+    data_path, tokenizer_path = args.data_path, args.tokenizer_path
+    if args.env:
+        data_path = data_path or os.environ.get("DATA_PATH")
+        tokenizer_path = tokenizer_path or os.environ.get("TOKENIZER_PATH")
+    if data_path or tokenizer_path:
+        if not (data_path and tokenizer_path):
+            raise ValueError("an existing copy needs both --data-path and --tokenizer-path "
+                             "(or --env with DATA_PATH and TOKENIZER_PATH)")
+        print(corpus.existing_copy(data_path, tokenizer_path))
+    else:
+        corpus.download_fineweb(args.out, args.variant, args.train_shards)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from . import distributed
+    from .train import CHECKPOINT, train
+
+    try:
+        train(resolved(args).config, args.out, resume=args.resume, device=args.device)
+    except KeyboardInterrupt:
+        print(f"interrupted: resume with the same command plus --resume (state in {Path(args.out) / CHECKPOINT})",
+              file=sys.stderr)
+        return 130
+    finally:
+        distributed.teardown()
+    return 0
+
+
+def cmd_export(args) -> int:
+    from . import distributed, quant
+    from .config import RunConfig
+
+    run = Path(args.run_folder)
+    cfg_file = run / "meta.json" if (run / "meta.json").is_file() else run / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{run}: neither meta.json nor config.json: is it a training run folder?")
+    cfg_json = json.loads(cfg_file.read_text())
+    cfg = RunConfig.from_dict(cfg_json.get("config", cfg_json) if cfg_file.name == "meta.json" else cfg_json)
+    kw = {"bits": args.bits}
+    if args.clip_quantile is not None:
+        kw["clip_quantile"] = args.clip_quantile
+    if args.passthrough_max_numel is not None:
+        kw["passthrough_max_numel"] = args.passthrough_max_numel
+    try:
+        quant.export(run, cfg, quant.QuantSettings(**kw), device=args.device)
+    finally:
+        distributed.teardown()
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from . import distributed
+    from .variants import evaluate_checkpoint, parse_quirks, parse_variants
+
+    if not (args.run_dir or args.artifact):
+        raise ValueError("evaluate needs --run-dir RUN (a training run folder) or --artifact FILE")
+    if args.run_dir and args.artifact:
+        raise ValueError("give either --run-dir or --artifact, not both")
+    cfg = resolved(args).config
+    artifact = Path(args.run_dir) / "final_model.int6.ptz" if args.run_dir else Path(args.artifact)
+    variants, quirks = parse_variants(args.variants), parse_quirks(args.quirks or "")
+    try:
+        evaluate_checkpoint(cfg, artifact, Path(args.out), variants, quirks, args.virtual_ranks, args.device,
+                            fresh=args.fresh)
+    finally:
+        distributed.teardown()
+    return 0
+
+
+def cmd_parity(args) -> int:
+    from . import parity
+
+    t0 = time.perf_counter()
+    if args.write:
+        parity.write_expected(args.fixture)
+        print(f"wrote {Path(args.fixture) / 'expected.json'} from this library's numerics")
+        return 0
+    rep = parity.run(args.fixture)
+    rep.print()
+    print(f"parity on {args.fixture}: {'PASS' if rep.ok else 'FAIL'} in {time.perf_counter() - t0:.1f} s")
+    return 0 if rep.ok else 1
+
+
+def cmd_reproduce(args) -> int:
+    from .reproduce import parse_seed_sets, reproduce
+
+    out = args.out or f"runs/reproduce/{args.profile}"
+    s = reproduce(args.profile, args.seeds, out, args.set or [], parse_seed_sets(args.seed_set), args.figures,
+                  args.timeout, args.data_root)
+    return 0 if not s["failed"] else 3
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    r = build_report(args.runs, args.figures)
+    print(f"report: {len(r['seeds'])} seed(s), {len(r['failed'])} failed -> {', '.join(r['tables'])}")
+    for f in r["figures"]:
+        print(f"  {f}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+
+    cfg = resolved(args).config
+    if args.what == "train":
+        rows = [bench.bench_train(cfg, args.steps, args.device)]
+    else:
+        rows = bench.bench_eval(cfg, [v.strip() for v in args.variants.split(",")], args.windows, args.device)
+    for r in rows:
+        print(json.dumps(r))
+    return 0
+
+
+def cmd_config(args) -> int:
+    print(json.dumps(resolved(args).describe(), indent=2))
+    return 0
+
+
+COMMANDS = {"data": cmd_data, "train": cmd_train, "export": cmd_export, "evaluate": cmd_evaluate,
+            "parity": cmd_parity, "reproduce": cmd_reproduce, "report": cmd_report, "bench": cmd_bench,
+            "config": cmd_config}
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("DYNEVAL_DEBUG") == "1"
     try:
-        if args.command == "data":
-            from . import corpus
-            if args.source == "embedded":
-                corpus.build_embedded(args.out, force=args.force)
-                return 0
-            import os
-            from .config import from_env
-            env = from_env(os.environ)  # the run's DATA_PATH / TOKENIZER_PATH
-            data_path = args.data_path or env.get("train.data_path")
-            tokenizer_path = args.tokenizer_path or env.get("train.tokenizer_path")
-            if data_path or tokenizer_path:
-                if not (data_path and tokenizer_path):
-                    raise ValueError("an existing copy needs both --data-path and --tokenizer-path "
-                                     "(or DATA_PATH and TOKENIZER_PATH)")
-                print(corpus.existing_copy(data_path, tokenizer_path))
-            else:
-                corpus.download_fineweb(args.out, args.variant, args.train_shards)
-            return 0
-        if args.command in STAGES:  # each stage module's main(args)
-            return importlib.import_module(f"dyneval.{STAGES[args.command]}").main(args)
-        if args.command == "config":
-            import json
-            from .config import load
-            print(json.dumps(load(args.profile, args.set or [], args.config).to_dict(), indent=2))
-            return 0
-    except (ValueError, FileNotFoundError, ConnectionError, RuntimeError) as e:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as e:
+        if debug:
+            raise
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"dyneval: error: {msg}", file=sys.stderr)
         return 2
-    return 1
 
 
 if __name__ == "__main__":

@@ -18,20 +18,21 @@ from __future__ import annotations
 import copy
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from . import distributed as dist_utils
+from .config import DynamicSettings, KrauseSettings, ScoreFirstSettings, Scoring, TailSettings, TTTSettings
+from .distributed import SINGLE, Ranks
 from .evaluate import (EvalResult, Windows, compiled, finish, nonoverlap_windows, score_windows, sliding_windows,
                        window_batch)
-from .model import GPT, CastedLinear, set_qat
+from .model import GPT
 
 
-class DivergedError(RuntimeError):
-    """An adaptation step produced a non-finite loss."""
+class DivergedError(FloatingPointError):
+    """An adaptation step produced a non-finite loss (reported as one line: lower the variant's lr)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,16 +50,12 @@ def check_finite(loss: torch.Tensor, variant: str, step: int) -> None:
                             f"lower its learning rate")
 
 
-def virtual_slices(num_virtual: int | None) -> tuple[list[int], int]:
-    """The (virtual) rank ids this process handles, and the total number of ranks emulated.
-
-    Without virtual ranks each process is one rank. With K virtual ranks, process r of W handles
-    virtual ranks v with v % W == r, each starting from its own copy of the weights.
-    """
-    W, r = dist_utils.world_size(), dist_utils.rank()
-    if not num_virtual:
-        return [r], W
-    return [v for v in range(num_virtual) if v % W == r], num_virtual
+def rank_copies(model: GPT, ranks: Ranks) -> list[tuple[int, GPT]]:
+    """(rank id, model) for every rank this process handles: the model itself without virtual ranks,
+    else one deep copy per virtual rank, since each emulated GPU adapts its own weights."""
+    if not ranks.virtual:
+        return [(ranks.rank, model)]
+    return [(v, copy.deepcopy(model)) for v in ranks.mine()]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -77,116 +74,130 @@ def dynamic_step(fwd, opt, x, y, b: int, adapt_every: int, autocast: bool, name:
     opt.step()
 
 
-def dynamic_hook(lr: float, adapt_every: int, autocast: bool, name: str):
-    """`dynamic_step` as a `score_first_ttt(then_dynamic=...)` hook: the model scores in eval mode there,
-    so the step switches it to train mode and back."""
+def dynamic_hook(dyn: DynamicSettings, autocast: bool, name: str):
+    """`dynamic_step` as a per-batch hook while `score_first_ttt` scores: there the model scores in
+    eval mode, so the step switches it to train mode and back. One SGD optimizer per model copy, kept
+    across chunks (each rank's chain of steps is its own, as on the run's GPUs)."""
     opts: dict[int, torch.optim.Optimizer] = {}
 
     def hook(b, x, y, model):
-        opt = opts.setdefault(id(model), torch.optim.SGD(model.parameters(), lr=lr))
+        opt = opts.setdefault(id(model), torch.optim.SGD(model.parameters(), lr=dyn.lr))
         was = model.training
         model.train()
-        dynamic_step(model, opt, x, y, b, adapt_every, autocast, name)
+        dynamic_step(model, opt, x, y, b, dyn.adapt_every, autocast, name)
         model.train(was)
 
     return hook
 
 
-def adapt_dynamic(model: GPT, tokens, lut, *, seq_len: int, stride: int, batch_seqs: int, lr: float,
-                  adapt_every: int, virtual_ranks: int | None = None, autocast: bool = False,
-                  compile: bool = False, name: str = "dynamic") -> EvalResult:
+def adapt_dynamic(model: GPT, tokens, lut, scoring: Scoring, dyn: DynamicSettings, ranks: Ranks = SINGLE, *,
+                  autocast: bool = False, compile: bool = False, name: str = "dynamic") -> EvalResult:
     """The run's dynamic eval: sliding windows scored in train mode, SGD on one window every few batches.
 
     Scored tokens and contexts are exactly those of `evaluate_sliding`. Each rank (or virtual rank)
     takes a contiguous slice of the windows and adapts its own copy of the weights: after scoring
     its batch b (0-based), when b % adapt_every == 0, one plain SGD step (no momentum, no weight
     decay) on every parameter, on the mean CE of that batch's first window as padded (padding
-    targets, id 0, included). The step can only have seen targets the rank has already scored.
-    The model runs in train mode, so late-QAT fake quantization applies when its flag is on.
+    targets, id 0, included -- the run's loss call does not mask them). The step can only have seen
+    targets the rank has already scored, so the pass is legal; but it trains on a window scored up
+    to 4 batches earlier and on 1/128 of the scored windows, which is why its gain is small.
+    The model runs in train mode, so late-QAT fake quantization applies when its switch is on (the
+    run's quirk: its class-wide flag stayed on after training).
     `compile` (CUDA): the scoring forward and the step run through torch.compile -- the run scored
     uncompiled; the math is the same, only the kernels are fused.
     """
     t0 = time.perf_counter()
-    windows = sliding_windows(tokens.numel() - 1, seq_len, stride)
-    mine, total = virtual_slices(virtual_ranks)
+    windows = sliding_windows(tokens.numel() - 1, scoring.seq_len, scoring.stride)
     parts = []
-    for v in mine:
-        m = copy.deepcopy(model) if virtual_ranks else model
-        m.train()
+    for v, m in rank_copies(model, ranks):
+        m.train()  # the run never called eval() before its dynamic eval
         fwd = compiled(m, compile)
-        opt = torch.optim.SGD(m.parameters(), lr=lr)
+        opt = torch.optim.SGD(m.parameters(), lr=dyn.lr)
 
         def step(b, x, y, fwd=fwd, opt=opt):
-            dynamic_step(fwd, opt, x, y, b, adapt_every, autocast, name)
+            dynamic_step(fwd, opt, x, y, b, dyn.adapt_every, autocast, name)
 
-        parts.append(score_windows(m, tokens, lut, windows.for_rank(v, total), batch_seqs, v, step, autocast, fwd))
+        parts.append(score_windows(m, tokens, lut, windows.for_rank(v, ranks.total), scoring.batch_seqs, v, step,
+                                   autocast, fwd))
     return finish(name, parts, time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------------------------
 # The run's pre-eval TTT (not valid)
 
-def _lockstep_sgd_epochs(model: GPT, tokens: torch.Tensor, slices: list[Windows], num_ranks: int, *,
-                         params: list, lr: float, momentum: float, epochs: int, batch_seqs: int,
-                         grad_clip: float, autocast: bool, name: str, opt=None):
-    """Epochs of SGD over `slices` (one per rank this process handles), gradients averaged over ranks.
+def _lockstep_sgd_epochs(pairs: list[tuple[GPT, Windows]], tokens: torch.Tensor, num_ranks: int, *,
+                         params: dict[int, list], opts: dict[int, torch.optim.Optimizer], epochs: int,
+                         batch_seqs: int, grad_clip: float, autocast: bool, name: str) -> None:
+    """Epochs of SGD over each (model, slice) pair, one pair per rank this process handles, with the
+    gradient averaged over all `num_ranks` ranks as the run's all-reduce does.
 
-    Every rank holds the same weights; at each step rank k contributes the mean CE of its next batch
-    of sequences, and the update uses the average over all `num_ranks` ranks, as the run's
-    all-reduce does. Emulated ranks are computed one after another into the same gradient buffers.
+    At step i, rank k contributes the mean CE of its i-th batch of sequences; every rank then applies
+    the same averaged gradient. When ranks share one model (their weights are identical anyway), the
+    emulated ranks' gradients accumulate into its buffers; when each rank has its own copy (a dynamic
+    eval ran between the steps), the copies' gradients are summed in rank order -- the same float
+    additions -- and the average is given to every copy, each stepping its own optimizer.
     """
-    device = next(model.parameters()).device
-    opt = opt or torch.optim.SGD(params, lr=lr, momentum=momentum)
-    steps = max((len(s) + batch_seqs - 1) // batch_seqs for s in slices) if slices else 0
-    steps = int(dist_utils.max_over_ranks(steps))
-    model.train()
+    models = list({id(m): m for m, _ in pairs}.values())
+    first = params[id(models[0])]
+    device = first[0].device
+    steps = max((len(w) + batch_seqs - 1) // batch_seqs for _, w in pairs) if pairs else 0
+    steps = int(dist_utils.max_over_ranks(steps))  # every process takes the same number of steps
+    for m in models:
+        m.train()
     for epoch in range(epochs):
         for i in range(steps):
-            opt.zero_grad(set_to_none=False)
-            for p in params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            for s in slices:
-                w = s.slice(i * batch_seqs, (i + 1) * batch_seqs)
+            for m in models:
+                opts[id(m)].zero_grad(set_to_none=False)
+                for p in params[id(m)]:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+            for m, w in pairs:
+                w = w.slice(i * batch_seqs, (i + 1) * batch_seqs)
                 if not len(w):
-                    continue
+                    continue  # a shorter slice contributes zeros to the average, as an idle rank does
                 x, y, _ = window_batch(tokens, w, device)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                    loss = model(x, y)
+                    loss = m(x, y)
                 check_finite(loss, name, epoch * steps + i)
                 loss.backward()
-            for p in params:
+            for other in models[1:]:
+                for p, q in zip(first, params[id(other)]):
+                    p.grad.add_(q.grad)
+            for p in first:
                 dist_utils.all_reduce_(p.grad)
                 p.grad.div_(num_ranks)
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            opt.step()
-    return opt
+            for other in models[1:]:
+                for p, q in zip(first, params[id(other)]):
+                    q.grad.copy_(p.grad)
+            for m in models:
+                if grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params[id(m)], grad_clip)
+                opts[id(m)].step()
 
 
-def pre_eval_ttt(model: GPT, tokens, *, seq_len: int, lr: float, momentum: float, epochs: int, batch_seqs: int,
-                 freeze_blocks: int, grad_clip: float = 1.0, virtual_ranks: int | None = None,
+def pre_eval_ttt(model: GPT, tokens, seq_len: int, ttt: TTTSettings, ranks: Ranks = SINGLE, *,
                  autocast: bool = False) -> float:
     """The run's pre-eval TTT -- NOT VALID: it trains on validation tokens before scoring them.
 
-    Freezes the first `freeze_blocks` blocks; SGD with momentum (no Nesterov, dampening or weight
-    decay) on the rest; `epochs` passes over the validation stream as non-overlapping `seq_len`
-    sequences, rank r taking sequences [n*r/W, n*(r+1)/W), `batch_seqs` per step; mean CE,
-    gradients averaged across ranks, trainable gradients clipped to norm `grad_clip`. Train mode
-    (QAT fake quantization applies when its flag is on). Afterwards every parameter is trainable.
-    Returns the seconds it took.
+    Freezes the first `freeze_blocks` blocks; SGD with momentum (torch's SGD: no Nesterov, dampening
+    or weight decay) on the rest; `epochs` passes over the validation stream as non-overlapping
+    `seq_len` sequences, rank r taking sequences [n*r/W, n*(r+1)/W), `batch_seqs` per step; mean
+    CE, gradients averaged across ranks, trainable gradients clipped to norm `grad_clip`. Train mode
+    (QAT fake quantization applies when its switch is on). Afterwards every parameter is trainable.
+    Every rank holds the same weights throughout, so virtual ranks share one model. Returns seconds.
     """
     t0 = time.perf_counter()
-    frozen = {id(p) for blk in model.blocks[:freeze_blocks] for p in blk.parameters()}
+    frozen = {id(p) for blk in model.blocks[:ttt.freeze_blocks] for p in blk.parameters()}
     params = [p for p in model.parameters() if id(p) not in frozen]
     for p in model.parameters():
         p.requires_grad_(id(p) not in frozen)
     seqs = nonoverlap_windows(tokens.numel() - 1, seq_len)
-    mine, total = virtual_slices(virtual_ranks)
+    opt = torch.optim.SGD(params, lr=ttt.lr, momentum=ttt.momentum)
     try:
-        _lockstep_sgd_epochs(model, tokens, [seqs.for_rank(v, total) for v in mine], total, params=params, lr=lr,
-                             momentum=momentum, epochs=epochs, batch_seqs=batch_seqs, grad_clip=grad_clip,
-                             autocast=autocast, name="pre_eval_ttt")
+        _lockstep_sgd_epochs([(model, seqs.for_rank(v, ranks.total)) for v in ranks.mine()], tokens, ranks.total,
+                             params={id(model): params}, opts={id(model): opt}, epochs=ttt.epochs,
+                             batch_seqs=ttt.batch_seqs, grad_clip=ttt.grad_clip, autocast=autocast,
+                             name="pre_eval_ttt")
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -197,9 +208,8 @@ def pre_eval_ttt(model: GPT, tokens, *, seq_len: int, lr: float, momentum: float
 # ----------------------------------------------------------------------------------------------
 # Legal: the merged records' score-first TTT
 
-def score_first_ttt(model: GPT, tokens, lut, *, seq_len: int, stride: int, batch_seqs: int, chunk_tokens: int,
-                    lr: float, momentum: float, epochs: int, train_batch_seqs: int, grad_clip: float = 1.0,
-                    virtual_ranks: int | None = None, autocast: bool = False, then_dynamic=None,
+def score_first_ttt(model: GPT, tokens, lut, scoring: Scoring, sf: ScoreFirstSettings, ranks: Ranks = SINGLE, *,
+                    dynamic: DynamicSettings | None = None, autocast: bool = False,
                     name: str = "score_first_ttt") -> EvalResult:
     """Score-first TTT (legal): for each chunk, score its windows, then train on its scored targets.
 
@@ -207,18 +217,23 @@ def score_first_ttt(model: GPT, tokens, lut, *, seq_len: int, stride: int, batch
     first scored target. Chunk c's windows are scored (eval mode, split across ranks, no gradients);
     then, except after the last chunk, `epochs` of SGD with momentum on the targets scored so far in
     chunk c (never past the scored prefix), as `seq_len` sequences split across ranks, gradients
-    averaged so every rank holds the same weights, lr = lr * cosine decay over chunks, clip 1.0.
-    `then_dynamic(b, x, y, model)`: optional per-batch dynamic-eval hook while scoring (legal).
+    averaged so every rank applies the same update, lr = lr * cosine decay over chunks, clip 1.0.
+    `dynamic`: also take the run's dynamic-eval step while scoring (legal). Those steps are
+    rank-local, so then every rank keeps its own copy of the weights (one per virtual rank), as
+    the GPUs of a real run would; without it all ranks hold the same weights and share one model.
     """
     t0 = time.perf_counter()
     N = tokens.numel() - 1
-    windows = sliding_windows(N, seq_len, stride)
+    ttt = sf.ttt
+    windows = sliding_windows(N, scoring.seq_len, scoring.stride)
     first = windows.starts + windows.score_from
-    num_chunks = max(1, math.ceil(N / chunk_tokens))
-    chunk_of = np.minimum(first // chunk_tokens, num_chunks - 1)
-    mine, total = virtual_slices(virtual_ranks)
-    params = list(model.parameters())
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
+    num_chunks = max(1, math.ceil(N / sf.chunk_tokens))
+    chunk_of = np.minimum(first // sf.chunk_tokens, num_chunks - 1)
+    copies = rank_copies(model, ranks) if dynamic else [(v, model) for v in ranks.mine()]
+    models = list({id(m): m for _, m in copies}.values())
+    params = {id(m): list(m.parameters()) for m in models}
+    opts = {id(m): torch.optim.SGD(params[id(m)], lr=ttt.lr, momentum=ttt.momentum) for m in models}
+    hook = dynamic_hook(dynamic, autocast, name) if dynamic else None
     scored_end = 0
     parts = []
     for c in range(num_chunks):
@@ -226,26 +241,30 @@ def score_first_ttt(model: GPT, tokens, lut, *, seq_len: int, stride: int, batch
         if not len(idx):
             continue
         cw = windows.slice(int(idx[0]), int(idx[-1]) + 1)
-        model.eval()
-        for v in mine:
-            hook = (lambda b, x, y: then_dynamic(b, x, y, model)) if then_dynamic else None
-            parts.append(score_windows(model, tokens, lut, cw.for_rank(v, total), batch_seqs, v, hook, autocast))
+        for v, m in copies:  # score first: no update has seen any target of this chunk yet
+            m.eval()
+            after = (lambda b, x, y, m=m: hook(b, x, y, m)) if hook else None
+            parts.append(score_windows(m, tokens, lut, cw.for_rank(v, ranks.total), scoring.batch_seqs, v, after,
+                                       autocast))
         scored_end = max(scored_end, int((cw.starts + cw.lengths).max()))
-        if c == num_chunks - 1 or not epochs:
-            continue
-        lo, hi = c * chunk_tokens, min((c + 1) * chunk_tokens, scored_end)
-        n_seq = (hi - lo) // seq_len
+        if c == num_chunks - 1 or not ttt.epochs:
+            continue  # nothing is left to score with what the last chunk would teach
+        lo, hi = c * sf.chunk_tokens, min((c + 1) * sf.chunk_tokens, scored_end)
+        n_seq = (hi - lo) // scoring.seq_len
         if n_seq <= 0:
             continue
-        seqs = Windows(lo + np.arange(n_seq, dtype=np.int64) * seq_len, np.full(n_seq, seq_len, dtype=np.int64),
-                       np.zeros(n_seq, dtype=np.int64), seq_len)
-        for g in opt.param_groups:
-            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * c / max(num_chunks - 1, 1)))
-        _lockstep_sgd_epochs(model, tokens, [seqs.for_rank(v, total) for v in mine], total, params=params, lr=lr,
-                             momentum=momentum, epochs=epochs, batch_seqs=train_batch_seqs, grad_clip=grad_clip,
-                             autocast=autocast, name=name, opt=opt)
-    for p in params:
-        p.grad = None
+        L = scoring.seq_len
+        seqs = Windows(lo + np.arange(n_seq, dtype=np.int64) * L, np.full(n_seq, L, dtype=np.int64),
+                       np.zeros(n_seq, dtype=np.int64), L)
+        for opt in opts.values():  # the merged records' cosine decay of the TTT lr over chunks
+            for g in opt.param_groups:
+                g["lr"] = ttt.lr * 0.5 * (1 + math.cos(math.pi * c / max(num_chunks - 1, 1)))
+        _lockstep_sgd_epochs([(m, seqs.for_rank(v, ranks.total)) for v, m in copies], tokens, ranks.total,
+                             params=params, opts=opts, epochs=ttt.epochs, batch_seqs=ttt.batch_seqs,
+                             grad_clip=ttt.grad_clip, autocast=autocast, name=name)
+    for m in models:
+        for p in m.parameters():
+            p.grad = None
     return finish(name, parts, time.perf_counter() - t0)
 
 
@@ -314,11 +333,9 @@ def tail_windows(lo: int, hi: int, seq_len: int) -> Windows:
     return Windows(starts, ends - starts, np.maximum(lo, starts) - starts, seq_len)
 
 
-def adapt_dynamic_tail(model: GPT, tokens, lut, *, seq_len: int, stride: int, batch_seqs: int, lr: float,
-                       subset: str = "all", rms_stats: dict | None = None, decay: float = 0.0, eps: float = 1e-5,
-                       lora_rank: int = 8,
-                       virtual_ranks: int | None = None, autocast: bool = False, compile: bool = False,
-                       name: str = "dynamic_tail") -> EvalResult:
+def adapt_dynamic_tail(model: GPT, tokens, lut, scoring: Scoring, tail: TailSettings | KrauseSettings,
+                       ranks: Ranks = SINGLE, *, rms_stats: dict | None = None, eps: float = 1e-5,
+                       autocast: bool = False, compile: bool = False, name: str = "dynamic_tail") -> EvalResult:
     """Improved dynamic eval (legal): after every batch, one step on exactly the targets it just scored.
 
     Scoring is `evaluate_sliding`'s (eval mode: no fake quantization). Batch b scores a contiguous
@@ -329,17 +346,21 @@ def adapt_dynamic_tail(model: GPT, tokens, lut, *, seq_len: int, stride: int, ba
 
     The update runs on fp32 master copies of the adapted tensors (`subset`), written back in the
     model's own dtype, so bf16 tables do not swallow small steps. `subset="lora"` adapts only
-    rank-`lora_rank` adapters attached to every block linear (plain SGD only). Plain SGD when `rms_stats` is None;
-    otherwise Krause et al.'s rule θ ← θ − lr·g/(MS+eps) + decay·d·(θ0 − θ), d = MS/mean(MS) clipped
-    at 1/decay, with MS the per-parameter gradient RMS measured on training batches.
+    rank-`lora_rank` adapters attached to every block linear (plain SGD only). `TailSettings`: plain
+    SGD. `KrauseSettings` (with `rms_stats`): Krause et al.'s rule θ ← θ − lr·g/(MS+eps) +
+    decay·d·(θ0 − θ), d = MS/mean(MS) clipped at 1/decay, with MS the per-parameter gradient RMS
+    measured on training batches -- the update normalised per parameter, pulled back toward the
+    trained weights so that a long stream does not drift.
     """
+    lr, subset = tail.lr, tail.subset
+    decay = tail.decay if isinstance(tail, KrauseSettings) else 0.0
+    lora_rank = tail.lora_rank if isinstance(tail, TailSettings) else 0
+    seq_len = scoring.seq_len
     t0 = time.perf_counter()
-    windows = sliding_windows(tokens.numel() - 1, seq_len, stride)
-    mine, total = virtual_slices(virtual_ranks)
+    windows = sliding_windows(tokens.numel() - 1, seq_len, scoring.stride)
     keep = PARAM_SUBSETS[subset]
     parts = []
-    for v in mine:
-        m = copy.deepcopy(model) if virtual_ranks else model
+    for v, m in rank_copies(model, ranks):
         m.eval()
         if subset == "lora":
             if rms_stats is not None:
@@ -358,7 +379,8 @@ def adapt_dynamic_tail(model: GPT, tokens, lut, *, seq_len: int, stride: int, ba
                 d = (ms / mean_ms).clamp_max(1.0 / decay) if decay > 0 else torch.zeros_like(ms)
                 scale.append((1.0 / (ms + eps), d))
         fwd = compiled(m, compile)
-        mw = windows.for_rank(v, total)
+        mw = windows.for_rank(v, ranks.total)
+        batch_seqs = scoring.batch_seqs
         spans = [mw.slice(lo, lo + batch_seqs) for lo in range(0, len(mw), batch_seqs)]
 
         def step(b, x, y, fwd=fwd, named=named, master=master, origin=origin, scale=scale, spans=spans):
@@ -388,14 +410,3 @@ def adapt_dynamic_tail(model: GPT, tokens, lut, *, seq_len: int, stride: int, ba
             for p in m.parameters():
                 p.requires_grad_(True)
     return finish(name, parts, time.perf_counter() - t0)
-
-
-@contextmanager
-def run_with_qat(flag: bool):
-    """Set late QAT's class-wide flag for the block, restoring it afterwards."""
-    before = CastedLinear.qat_enabled
-    set_qat(flag)
-    try:
-        yield
-    finally:
-        set_qat(before)

@@ -13,13 +13,15 @@ import time
 
 import torch
 
-from . import adapt, distributed as dist_utils
-from .config import load
+from . import distributed as dist_utils
+from .adapt import Quirks
 from .data import ByteLUT
-from .evaluate import evaluate_sliding, sliding_windows
-from .model import CausalSelfAttention, set_qat
+from .distributed import Ranks
+from .evaluate import sliding_windows
+from .model import configure_backends, set_numerics
 from .optim import build_optimizers
 from .train import accumulate, build_model
+from .variants import VARIANTS, Checkpoint, job_for, parse_variants
 
 
 def _sync(device) -> None:
@@ -27,20 +29,17 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def _header(ctx) -> dict:
+def _header(ctx, backends: dict) -> dict:
     return {"device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu",
-            "torch": torch.__version__, "world_size": ctx.world_size}
+            "torch": torch.__version__, "world_size": ctx.world_size, "backends": backends}
 
 
 def bench_train(cfg, steps: int, device: str | None) -> dict:
     ctx = dist_utils.setup(device)
     tc = cfg.train
     cuda = ctx.device.type == "cuda"
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cuda.enable_cudnn_sdp(tc.cudnn_attention)
-        CausalSelfAttention.expand_kv = tc.cudnn_attention
-    base = build_model(cfg, ctx.device)
+    backends = configure_backends(cfg, ctx.device)
+    base = set_numerics(build_model(cfg, ctx.device), expand_kv=backends["expand_kv"])
     opts = build_optimizers(base, cfg.optim, cfg.model.tie_embeddings)
     model = torch.compile(base, dynamic=False) if (cuda and tc.compile) else base
     if ctx.world_size > 1:
@@ -71,7 +70,7 @@ def bench_train(cfg, steps: int, device: str | None) -> dict:
     _sync(ctx.device)
     ms = 1000 * (time.perf_counter() - t0) / steps
     tokens_per_gpu = tc.train_batch_tokens / ctx.world_size / (ms / 1000)
-    out = {**_header(ctx), "bench": "train", "ms_per_step": ms, "tokens_per_step": tc.train_batch_tokens,
+    out = {**_header(ctx, backends), "bench": "train", "ms_per_step": ms, "tokens_per_step": tc.train_batch_tokens,
            "tokens_per_s_per_gpu": tokens_per_gpu, "steps_timed": steps, "compile_s": compile_s,
            "cudnn_attention": tc.cudnn_attention, "compile": tc.compile,
            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
@@ -79,63 +78,39 @@ def bench_train(cfg, steps: int, device: str | None) -> dict:
 
 
 def bench_eval(cfg, variants: list[str], num_windows: int, device: str | None) -> list[dict]:
-    """Scoring passes on random tokens: windows/s on this device (one rank)."""
+    """Any variant of the registry on random tokens and a random model: windows/s on this device (one rank).
+
+    The passes run exactly as `evaluate` runs them (same registry entry, same backends, same quirks:
+    the run's own passes with the QAT flag on), after a warm-up on a short prefix that compiles every
+    shape. dynamic_krause is left out: its statistics need the training data.
+    """
     ctx = dist_utils.setup(device)
     e = cfg.eval
-    cuda = ctx.device.type == "cuda"
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cuda.enable_cudnn_sdp(cfg.train.cudnn_attention)
-        CausalSelfAttention.expand_kv = cfg.train.cudnn_attention
+    backends = configure_backends(cfg, ctx.device)
     V = cfg.model.vocab_size
     n_tokens = num_windows * e.eval_stride + e.eval_seq_len + 1
-    tokens = torch.randint(4, V, (n_tokens,), device=ctx.device, generator=torch.Generator(device=ctx.device).manual_seed(0))
+    gen = torch.Generator(device=ctx.device).manual_seed(0)
+    tokens = torch.randint(4, V, (n_tokens,), device=ctx.device, generator=gen)
     lut = ByteLUT(torch.ones(V, dtype=torch.long, device=ctx.device), torch.zeros(V, dtype=torch.bool, device=ctx.device),
                   torch.zeros(V, dtype=torch.bool, device=ctx.device))
     n_win = len(sliding_windows(n_tokens - 1, e.eval_seq_len, e.eval_stride))
+    ck = Checkpoint.from_state(cfg, build_model(cfg, torch.device("cpu")).state_dict(), ctx.device)
+    ranks = Ranks.current()
+    prefix = tokens[: 4 * e.eval_batch_seqs * e.eval_stride + e.eval_seq_len + 1]
     results = []
-    for name in variants:
-        model = build_model(cfg, ctx.device)
-        comp = cuda and e.compile
-        scorer = torch.compile(model, dynamic=False) if comp else None
-        kw = dict(seq_len=e.eval_seq_len, stride=e.eval_stride, batch_seqs=e.eval_batch_seqs)
-        set_qat(name == "dynamic")  # the run's dynamic eval adapts with the QAT flag on
-
-        def run():
-            if name == "sliding":
-                return evaluate_sliding(model, tokens, lut, e.eval_seq_len, e.eval_stride, e.eval_batch_seqs,
-                                        autocast=cuda, forward=scorer)
-            if name == "dynamic":
-                return adapt.adapt_dynamic(model, tokens, lut, lr=e.dyneval_lr, adapt_every=e.adapt_every,
-                                           autocast=cuda, compile=comp, **kw)
-            if name == "dynamic_tail":
-                return adapt.adapt_dynamic_tail(model, tokens, lut, lr=e.tail_lr, autocast=cuda, compile=comp, **kw)
-            raise ValueError(f"bench eval: unknown variant {name!r}: sliding, dynamic or dynamic_tail")
-
-        # warm-up on a short prefix compiles every shape the pass uses
-        full = tokens
-        tokens = full[: 4 * e.eval_batch_seqs * e.eval_stride + e.eval_seq_len + 1]
-        run()
-        tokens = full
+    for name in parse_variants(",".join(variants)):
+        if name == "dynamic_krause":
+            raise ValueError("bench eval: dynamic_krause needs training batches for its statistics: not benchmarked")
+        v = VARIANTS[name]
+        v.run(job_for(v, cfg, ck, prefix, lut, Quirks(), ranks, backends, {}))  # compile every shape first
         _sync(ctx.device)
+        job = job_for(v, cfg, ck, tokens, lut, Quirks(), ranks, backends, {})
         t0 = time.perf_counter()
-        r = run()
+        r, _ = v.run(job)
         _sync(ctx.device)
         s = time.perf_counter() - t0
-        set_qat(False)
-        results.append({**_header(ctx), "bench": "eval", "variant": name, "windows": n_win,
+        results.append({**_header(ctx, backends), "bench": "eval", "variant": name, "windows": n_win,
                         "seconds": s, "windows_per_s": n_win / s, "seq_len": e.eval_seq_len,
-                        "stride": e.eval_stride, "batch_seqs": e.eval_batch_seqs, "compiled": comp,
-                        "cudnn_attention": cfg.train.cudnn_attention, "bpb_random_tokens": r.bpb})
+                        "stride": e.eval_stride, "batch_seqs": e.eval_batch_seqs, "compiled": job.compile,
+                        "quirks": str(job.quirks), "bpb_random_tokens": r.bpb})
     return results
-
-
-def main(args) -> int:
-    cfg = load(args.profile, list(args.set or []), args.config)
-    if args.what == "train":
-        rows = [bench_train(cfg, args.steps, args.device)]
-    else:
-        rows = bench_eval(cfg, [v.strip() for v in args.variants.split(",")], args.windows, args.device)
-    for r in rows:
-        print(json.dumps(r))
-    return 0

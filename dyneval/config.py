@@ -13,6 +13,7 @@ import json
 import math
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # Names whose tensors are "control" tensors in the run: kept fp32, trained by the scalar AdamW,
 # passed through by the exporter (record script, CONTROL_TENSOR_NAME_PATTERNS).
@@ -109,6 +110,7 @@ class TrainConfig:
     warmup_steps: int = 20  # compile-priming steps, then weights and optimizer states are restored
     ema_decay: float = 0.997  # EMA decay per step (0: no EMA)
     late_qat_threshold: float = 0.1  # switch on int6 fake quantization once the lr scale drops below this (0: never)
+    qat_trains: bool = True  # late QAT really fake-quantizes training steps (the run's compiled graph never did)
     val_loss_every: int = 4000  # periodic validation (0: only at step 0 and at the end)
     val_batch_size_tokens: int = 524_288  # tokens per validation batch, all ranks together
     train_log_every: int = 200  # log a train_loss line every N steps
@@ -142,6 +144,54 @@ class TrainConfig:
         return self.train_batch_tokens // (world_size * self.grad_accum_steps(world_size))
 
 
+# ----------------------------------------------------------------------------------------------
+# Typed settings per algorithm. `EvalConfig` stays one flat section (its field names are the run's and
+# the command line's); each scoring or adaptation function takes only the group it uses.
+
+@dataclass(frozen=True, kw_only=True)
+class Scoring:
+    seq_len: int  # window length L
+    stride: int  # sliding-window stride S: scored targets per window after the first
+    batch_seqs: int  # windows per forward batch (changes only float summation order)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TTTSettings:
+    lr: float  # SGD lr
+    momentum: float  # SGD momentum (no Nesterov, no dampening, no weight decay)
+    epochs: int  # passes over the tokens
+    batch_seqs: int  # sequences per step, per rank
+    freeze_blocks: int  # first blocks frozen (the run's pre-eval TTT only)
+    grad_clip: float  # gradient-norm clip (0: none)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DynamicSettings:
+    lr: float  # plain SGD lr of the run's dynamic eval
+    adapt_every: int  # one step every N-th batch, on that batch's first window
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreFirstSettings:
+    chunk_tokens: int  # targets per chunk: score the chunk, then train on it
+    ttt: TTTSettings  # the training on each scored chunk (freeze_blocks unused)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TailSettings:
+    lr: float  # SGD lr of the step after every batch
+    subset: str  # parameters adapted (adapt.PARAM_SUBSETS)
+    lora_rank: int  # adapter rank when subset is lora
+
+
+@dataclass(frozen=True, kw_only=True)
+class KrauseSettings:
+    lr: float  # lr on the RMS-normalised gradient
+    decay: float  # decay toward the trained weights per step
+    batches: int  # training batches for the gradient RMS statistics
+    subset: str  # parameters adapted
+
+
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     eval_seq_len: int = 2048  # scoring window length
@@ -164,9 +214,11 @@ class EvalConfig:
     krause_batches: int = 4  # training batches for the gradient RMS statistics
     max_val_tokens: int = 0  # cap validation tokens (0: all)
     compile: bool = True  # compile the scoring forward on CUDA (ignored on the CPU)
+    ranks: int = 8  # ranks the run's rank-local adaptation is reproduced with (fewer processes: virtual ranks)
 
     def __post_init__(self):
         _non_negative(self, "tail_lr", "krause_lr", "krause_decay")
+        _positive(self, "ranks")
         if self.tail_subset not in ("all", "mlp", "attn", "blocks", "tables", "no_tables", "lora"):
             raise ValueError(f"tail_subset={self.tail_subset!r} must be one of all, mlp, attn, blocks, tables, "
                              f"no_tables, lora")
@@ -179,13 +231,41 @@ class EvalConfig:
             raise ValueError(f"eval_stride={self.eval_stride} exceeds eval_seq_len={self.eval_seq_len}")
 
 
+    @property
+    def scoring(self) -> Scoring:
+        return Scoring(seq_len=self.eval_seq_len, stride=self.eval_stride, batch_seqs=self.eval_batch_seqs)
+
+    @property
+    def ttt(self) -> TTTSettings:
+        return TTTSettings(lr=self.ttt_lr, momentum=self.ttt_momentum, epochs=self.ttt_epochs,
+                           batch_seqs=self.ttt_batch_seqs, freeze_blocks=self.ttt_freeze_blocks,
+                           grad_clip=self.ttt_grad_clip)
+
+    @property
+    def dynamic(self) -> DynamicSettings:
+        return DynamicSettings(lr=self.dyneval_lr, adapt_every=self.adapt_every)
+
+    @property
+    def score_first(self) -> ScoreFirstSettings:
+        return ScoreFirstSettings(chunk_tokens=self.ttt_chunk_tokens, ttt=self.ttt)
+
+    @property
+    def tail(self) -> TailSettings:
+        return TailSettings(lr=self.tail_lr, subset=self.tail_subset, lora_rank=self.lora_rank)
+
+    @property
+    def krause(self) -> KrauseSettings:
+        return KrauseSettings(lr=self.krause_lr, decay=self.krause_decay, batches=self.krause_batches,
+                              subset=self.tail_subset)
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    nproc: int = 8  # GPUs the preset is meant for (informational; torchrun decides)
+    nproc: int = 8  # processes a notebook launches (GPUs the profile is meant for; capped by the GPUs visible)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -326,7 +406,7 @@ def _smoke() -> RunConfig:
         # The adaptation rates were swept on seed 42's smoke checkpoint (docs/LOG.md): an undertrained model
         # on a small in-domain stream takes far larger steps than the record's would.
         eval=EvalConfig(eval_seq_len=256, eval_stride=64, eval_batch_seqs=16, dyneval_lr=0.001, adapt_every=4,
-                        ttt_batch_seqs=8, ttt_chunk_tokens=4096, max_val_tokens=32769, tail_lr=0.03,
+                        ranks=1, ttt_batch_seqs=8, ttt_chunk_tokens=4096, max_val_tokens=32769, tail_lr=0.03,
                         krause_lr=3e-4, krause_decay=0.01),
     )
 
@@ -340,9 +420,72 @@ def preset(name: str) -> RunConfig:
     return PRESETS[name]()
 
 
-def load(profile: str, overrides: typing.Iterable[str] = (), config_json: str | None = None) -> RunConfig:
-    cfg = RunConfig.from_dict(json.load(open(config_json))) if config_json else preset(profile)
-    return cfg.with_overrides(list(overrides))
+@dataclass(frozen=True)
+class Resolved:
+    """A resolved config and, for every field that differs from the dataclass defaults, where it came from."""
+
+    config: RunConfig
+    sources: dict  # "section.field" -> "profile smoke" | "file PATH" | "run DIR" | "env NAME" | "--set"
+
+    def describe(self) -> dict:
+        return {"config": self.config.to_dict(), "sources": self.sources}
+
+
+def _flat(cfg: RunConfig) -> dict:
+    """{"section.field": value} (and "nproc")."""
+    out = {}
+    for sec, d in cfg.to_dict().items():
+        out.update({f"{sec}.{k}": v for k, v in d.items()} if isinstance(d, dict) else {sec: d})
+    return out
+
+
+def resolve(profile: str | None = "smoke", *, config_file: str | None = None, run_dir: str | None = None,
+            overrides: typing.Iterable[str] = (), environ: typing.Mapping[str, str] | None = None,
+            run_overridable: typing.Callable[[str], bool] | None = None) -> Resolved:
+    """The one way every command resolves its configuration.
+
+    Order: a run folder's `meta.json` (the truth for `--run-dir`), else a config file, else a profile;
+    then the record script's environment variables, only when `environ` is given (the command line's
+    `--env`: never implicitly, so a stray `SEED` in a notebook kernel's environment changes nothing);
+    then `--set` overrides. With a run folder, `run_overridable(field)` says which fields an override
+    may change (evaluation settings, not the model that was trained).
+    """
+    if run_dir:
+        meta = Path(run_dir) / "meta.json"
+        if not meta.is_file():
+            raise FileNotFoundError(f"{meta}: no meta.json: is {run_dir} a finished training run?")
+        cfg, origin = RunConfig.from_dict(_read_json(meta)["config"]), f"run {run_dir}"
+    elif config_file:
+        cfg, origin = RunConfig.from_dict(_read_json(Path(config_file))), f"file {config_file}"
+    else:
+        cfg, origin = preset(profile), f"profile {profile}"
+    defaults = _flat(RunConfig())
+    sources = {k: origin for k, v in _flat(cfg).items() if defaults.get(k) != v}
+    env = {}
+    if environ is not None:
+        names = {target: name for name, target in ENV_NAMES.items()}
+        env = from_env(environ)
+        sources.update({k: f"env {names[k]}" for k in env})
+    sets = dict(_split(o) for o in overrides)
+    if run_dir and run_overridable:
+        fixed = [k for k in {**env, **sets} if not run_overridable(".".join(_locate(k)))]
+        if fixed:
+            raise ValueError(f"{run_dir}: {fixed[0]} belongs to the trained model; a run folder's meta.json is "
+                             f"taken as is (override evaluation settings only, or retrain)")
+    cfg = cfg.with_overrides(env).with_overrides(sets)
+    sources.update({".".join(_locate(k)): "--set" for k in sets})
+    return Resolved(cfg, sources)
+
+
+def _read_json(path: Path):
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return obj
 
 
 # ----------------------------------------------------------------------------------------------

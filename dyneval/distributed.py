@@ -27,6 +27,50 @@ class Context:
         return self.rank == 0
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """Which slices of the windows this process scores and adapts: real ranks times virtual ranks.
+
+    The run splits windows into contiguous slices, one per GPU, and its dynamic eval adapts one
+    copy of the weights per slice, so its number depends on the rank count. To reproduce 8 GPUs on
+    fewer processes, `virtual` = 8 emulates them: process r of W handles virtual ranks v with
+    v % W == r, each from its own copy of the weights. `virtual=None`: each process is one rank.
+    Passes without rank-local state (non-overlapping, sliding) split by real ranks only: their sums
+    do not depend on the split.
+    """
+
+    rank: int = 0
+    world: int = 1
+    virtual: int | None = None
+
+    @classmethod
+    def current(cls, virtual: int | None = None) -> "Ranks":
+        if virtual is not None and virtual < 1:
+            raise ValueError(f"virtual ranks {virtual}: must be a positive number")
+        return cls(rank(), world_size(), virtual)
+
+    @property
+    def total(self) -> int:
+        """Ranks emulated (the number the result depends on)."""
+        return self.virtual or self.world
+
+    def mine(self) -> list[int]:
+        """The (virtual) rank ids this process handles."""
+        if not self.virtual:
+            return [self.rank]
+        return [v for v in range(self.virtual) if v % self.world == self.rank]
+
+    def real(self) -> "Ranks":
+        """The same processes without virtual ranks (for passes whose sums do not depend on the split)."""
+        return Ranks(self.rank, self.world, None)
+
+    def describe(self) -> dict:
+        return {"real_ranks": self.world, "virtual_ranks": self.virtual or 0, "ranks": self.total}
+
+
+SINGLE = Ranks()
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -47,7 +91,7 @@ def setup(device: str | None = None) -> Context:
     """
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("device cuda was asked for but torch sees no GPU: pass --device cpu")
+        raise ValueError("device cuda was asked for but torch sees no GPU: pass --device cpu")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     r = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -105,26 +149,9 @@ def all_gather_objects(obj) -> list:
     return out
 
 
-def broadcast_object(obj, src: int = 0):
-    if not active():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def all_reduce_(t: torch.Tensor, average: bool = False) -> torch.Tensor:
     if active():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         if average:
             t.div_(dist.get_world_size())
     return t
-
-
-def average_gradients(params) -> None:
-    """Average .grad over ranks (the run's TTT keeps every rank's weights identical this way)."""
-    if not active():
-        return
-    for p in params:
-        if p.grad is not None:
-            all_reduce_(p.grad, average=True)

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 
 from . import distributed as dist_utils, files
+from .config import Scoring
 from .data import ByteLUT
+from .distributed import SINGLE, Ranks
 
 STREAM_FIELDS = ("window_start", "first_scored", "num_scored", "nats", "bytes", "rank")
 
@@ -184,33 +186,37 @@ def score_windows(model, tokens: torch.Tensor, lut: ByteLUT, windows: Windows, b
     return _stream_rows(windows, torch.cat(nats).cpu().numpy(), torch.cat(nbytes).cpu().numpy(), rank)
 
 
-def evaluate_windows(name: str, model, tokens, lut, windows: Windows, batch_seqs: int, rank: int = 0,
-                     world_size: int = 1, autocast: bool = False, forward=None) -> EvalResult:
+def evaluate_windows(name: str, model, tokens, lut, windows: Windows, batch_seqs: int, ranks: Ranks = SINGLE,
+                     autocast: bool = False, forward=None) -> EvalResult:
+    """Score `windows` in eval mode without adaptation, split across the real ranks, and reduce the sums."""
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
-    rows = score_windows(model, tokens, lut, windows.for_rank(rank, world_size), batch_seqs, rank,
+    # No rank-local state here, so virtual ranks would only change the batch composition: real ranks only.
+    rows = score_windows(model, tokens, lut, windows.for_rank(ranks.rank, ranks.world), batch_seqs, ranks.rank,
                          autocast=autocast, forward=forward)
     model.train(was_training)
     return finish(name, [rows], time.perf_counter() - t0)
 
 
-def evaluate_nonoverlap(model, tokens, lut, seq_len: int, batch_seqs: int, rank: int = 0, world_size: int = 1,
+def evaluate_nonoverlap(model, tokens, lut, seq_len: int, batch_seqs: int, ranks: Ranks = SINGLE,
                         autocast: bool = False, forward=None) -> EvalResult:
-    """Non-overlapping eval: sequence k scores targets [kL, (k+1)L) with only its own L tokens of context.
+    """Non-overlapping eval (the run's `eval_val`): sequence k scores targets [kL, (k+1)L) with only its
+    own L tokens of context, so early targets of each sequence see little context.
 
     Rank r takes sequences [n*r/W, n*(r+1)/W). Model in eval mode; no adaptation.
     """
     w = nonoverlap_windows(tokens.numel() - 1, seq_len)
-    return evaluate_windows("nonoverlap", model, tokens, lut, w, batch_seqs, rank, world_size, autocast, forward)
+    return evaluate_windows("nonoverlap", model, tokens, lut, w, batch_seqs, ranks, autocast, forward)
 
 
-def evaluate_sliding(model, tokens, lut, seq_len: int, stride: int, batch_seqs: int, rank: int = 0,
-                     world_size: int = 1, autocast: bool = False, forward=None) -> EvalResult:
-    """Sliding-window eval: each target after the first window sees L-S..L-1 tokens of context.
+def evaluate_sliding(model, tokens, lut, scoring: Scoring, ranks: Ranks = SINGLE, autocast: bool = False,
+                     forward=None) -> EvalResult:
+    """Sliding-window eval (the run's `eval_val_sliding`): each target after the first window sees
+    L-S..L-1 tokens of context -- worth about -0.024 bpb over non-overlapping on the record model.
 
     Windows start every `stride` tokens; the first scores all its targets, later ones their last
     `stride`. Rank r takes a contiguous slice of windows. Eval mode; no adaptation.
     """
-    w = sliding_windows(tokens.numel() - 1, seq_len, stride)
-    return evaluate_windows("sliding", model, tokens, lut, w, batch_seqs, rank, world_size, autocast, forward)
+    w = sliding_windows(tokens.numel() - 1, scoring.seq_len, scoring.stride)
+    return evaluate_windows("sliding", model, tokens, lut, w, scoring.batch_seqs, ranks, autocast, forward)

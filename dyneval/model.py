@@ -10,6 +10,7 @@ into `GPT(cfg)` unchanged: `tok_emb`, `bigram.{embed,proj,scale}`, `smear.gate`,
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -37,26 +38,24 @@ def fake_quantize_int6(w: Tensor) -> Tensor:
 class CastedLinear(nn.Linear):
     """Linear without bias whose fp32 weight is cast to the input dtype at use.
 
-    `qat_enabled` is class-wide, as in the run: once late QAT switches it on, every CastedLinear
-    (attention, MLP, the bigram projection, an untied head) fake-quantizes in train mode, and the
-    run never switches it off (the quirk that makes TTT and dynamic eval adapt through int6 rounding).
+    `qat` is late QAT's switch. In the run it is a class attribute, flipped once for every linear
+    layer (attention, MLP, the bigram projection, an untied head) and never switched off -- the quirk
+    that makes the run's TTT and dynamic eval adapt through int6 rounding. Here it lives on each
+    instance and is set for one model at a time through `numerics(model, qat=...)`, so two models in
+    one process (a scored copy and a trained one, eight virtual ranks) never share it by accident.
+    Fake quantization applies only in train mode, as in the run.
     """
-
-    qat_enabled: bool = False
 
     def __init__(self, in_features: int, out_features: int, zero_init: bool = False):
         super().__init__(in_features, out_features, bias=False)
         self.zero_init = zero_init
+        self.qat = False
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
-        if CastedLinear.qat_enabled and self.training:
+        if self.qat and self.training:
             w = fake_quantize_int6(w)
         return F.linear(x, w.to(x.dtype))
-
-
-def set_qat(enabled: bool) -> None:
-    CastedLinear.qat_enabled = bool(enabled)
 
 
 class Rotary(nn.Module):
@@ -92,12 +91,11 @@ class Rotary(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-    # SDPA's cuDNN backend takes no GQA: with it on, K/V are expanded to every query head first
-    # (same math; set by `train.cudnn_attention`).
-    expand_kv: bool = False
-
     def __init__(self, cfg: ModelConfig, use_xsa: bool):
         super().__init__()
+        # SDPA's cuDNN backend takes no GQA: with it on, K/V are expanded to every query head first
+        # (same math, other kernels; set per model by `numerics(model, expand_kv=...)`).
+        self.expand_kv = False
         D, d = cfg.model_dim, cfg.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, d
         self.use_xsa = use_xsa
@@ -118,7 +116,7 @@ class CausalSelfAttention(nn.Module):
         q = q * self.q_gain.to(q.dtype)[None, None, :, None]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, d)
         # GQA: query head h reads kv head h // (H/K); scale 1/sqrt(d)
-        if K != H and CausalSelfAttention.expand_kv:
+        if K != H and self.expand_kv:
             y = F.scaled_dot_product_attention(q, k.repeat_interleave(H // K, dim=1), v.repeat_interleave(H // K, dim=1),
                                                is_causal=True)  # (B, H, T, d)
         else:
@@ -283,6 +281,58 @@ def apply_dtype_policy(model: GPT, bf16_tables: bool = True) -> GPT:
         if model.bigram is not None:
             model.bigram.embed.float()
     return model
+
+
+def qat_enabled(model: nn.Module) -> bool:
+    """Whether late QAT's fake quantization is switched on in `model` (its linear layers agree)."""
+    return any(m.qat for m in model.modules() if isinstance(m, CastedLinear))
+
+
+def set_numerics(model: nn.Module, *, qat: bool | None = None, expand_kv: bool | None = None) -> nn.Module:
+    """Set the numerics switches of every layer of `model` (None leaves a switch as it is)."""
+    for m in model.modules():
+        if qat is not None and isinstance(m, CastedLinear):
+            m.qat = bool(qat)
+        if expand_kv is not None and isinstance(m, CausalSelfAttention):
+            m.expand_kv = bool(expand_kv)
+    return model
+
+
+@contextmanager
+def numerics(model: nn.Module, *, qat: bool | None = None, expand_kv: bool | None = None):
+    """Scope numerics switches to one model for a block, restoring each layer's own values after it."""
+    saved = [(m, m.qat) for m in model.modules() if isinstance(m, CastedLinear)]
+    saved_kv = [(m, m.expand_kv) for m in model.modules() if isinstance(m, CausalSelfAttention)]
+    set_numerics(model, qat=qat, expand_kv=expand_kv)
+    try:
+        yield model
+    finally:
+        for m, v in saved:
+            m.qat = v
+        for m, v in saved_kv:
+            m.expand_kv = v
+
+
+def configure_backends(cfg, device: torch.device) -> dict:
+    """The one place torch's global backend flags are set; every stage calls it and records the result.
+
+    On CUDA: TF32 matmuls (the run sets both flags), and SDPA's backends: the run enables flash
+    attention only (it disables cuDNN's: `train.cudnn_attention=0`); `cudnn_attention=1` enables
+    cuDNN's, which is faster on Hopper for these shapes and needs K/V expanded (no GQA). On the CPU
+    nothing is set and the record says so. K/V expansion itself is per model: `numerics(model,
+    expand_kv=record["expand_kv"])`.
+    """
+    if device.type != "cuda":
+        return {"device": "cpu", "expand_kv": False}
+    cudnn = bool(cfg.train.cudnn_attention)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.enable_flash_sdp(True)
+    torch.backends.cuda.enable_cudnn_sdp(cudnn)
+    torch.backends.cuda.enable_mem_efficient_sdp(False)
+    torch.backends.cuda.enable_math_sdp(False)
+    return {"device": torch.cuda.get_device_name(device), "tf32": True, "sdpa_flash": True, "sdpa_cudnn": cudnn,
+            "sdpa_mem_efficient": False, "sdpa_math": False, "expand_kv": cudnn}
 
 
 def check_state_dict(model: GPT, state: dict, source: str) -> None:

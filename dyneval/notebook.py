@@ -2,9 +2,11 @@
 
 Owns the bridge between a notebook's parameters cell (a few plain values, possibly injected by
 papermill as strings) and the library: validation of names and types, the run folder layout, and
-launching training / evaluation as `torchrun` over every visible GPU (or one process on the CPU)
-with the log streamed into the cell line by line. A killed kernel loses at most `checkpoint_every`
-steps: the next launch resumes from the run folder's checkpoint.
+launching training / evaluation as `torchrun` over the profile's process count (capped by the GPUs
+visible; one process on the CPU) with the log streamed into the cell line by line, and the export
+stage. A stage launched from a notebook gets its config as a file and never reads the record's
+environment variables: a stray `SEED` in the kernel's environment changes nothing. A killed kernel
+loses at most `checkpoint_every` steps: the next launch resumes from the run folder's checkpoint.
 """
 
 from __future__ import annotations
@@ -13,37 +15,63 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import files
 from .config import RunConfig, preset
 
 PARAMETERS = {"profile": str, "seed": int, "run_dir": str, "overrides": str, "data_root": str}
+EXPORT_PARAMETERS = {"bits": int, "clip_quantile": float, "passthrough_max_numel": int}  # notebook 03
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+FINEWEB_TRAIN_SHARDS = 80  # the challenge's 8 B training tokens
 
 
 def resolve(path: str | Path) -> str:
     """Relative paths are taken from the project root, so JupyterLab (cwd notebooks/) and papermill agree."""
     p = Path(path)
     return str(p if p.is_absolute() else PROJECT_ROOT / p)
-FINEWEB_TRAIN_SHARDS = 80  # the challenge's 8 B training tokens
 
 
-def check_parameters(values: dict) -> dict:
+def check_parameters(values: dict, allowed: dict = PARAMETERS) -> dict:
     """Coerce the notebook parameters to their types; refuse unknown names (papermill only warns)."""
-    unknown = set(values) - set(PARAMETERS)
+    unknown = set(values) - set(allowed)
     if unknown:
-        raise ValueError(f"unknown notebook parameter(s) {sorted(unknown)}: expected {sorted(PARAMETERS)}")
+        raise ValueError(f"unknown notebook parameter(s) {sorted(unknown)}: expected {sorted(allowed)}")
     out = {}
     for k, v in values.items():
         try:
-            out[k] = PARAMETERS[k](v)
+            out[k] = allowed[k](v)
         except (TypeError, ValueError):
-            raise ValueError(f"notebook parameter {k}={v!r} is not a valid {PARAMETERS[k].__name__}") from None
+            raise ValueError(f"notebook parameter {k}={v!r} is not a valid {allowed[k].__name__}") from None
     for k in ("run_dir", "data_root"):
         if k in out:
             out[k] = resolve(out[k])
     return out
+
+
+@dataclass(frozen=True)
+class Session:
+    """A pipeline notebook's validated parameters and the typed config they make."""
+
+    profile: str
+    seed: int
+    run_dir: Path
+    data_root: Path
+    overrides: str
+    cfg: RunConfig
+    extra: dict  # the notebook's own parameters beyond the five common ones (e.g. 03's quantization)
+
+
+def setup(**params) -> Session:
+    """What every pipeline notebook's first code cell calls with its parameters."""
+    p = check_parameters(params, {**PARAMETERS, **EXPORT_PARAMETERS})
+    missing = set(PARAMETERS) - set(p)
+    if missing:
+        raise ValueError(f"notebook parameter(s) {sorted(missing)} missing")
+    cfg = make_config(p["profile"], p["seed"], p["overrides"], p["data_root"])
+    extra = {k: v for k, v in p.items() if k not in PARAMETERS}
+    return Session(p["profile"], p["seed"], Path(p["run_dir"]), Path(p["data_root"]), p["overrides"], cfg, extra)
 
 
 def parse_overrides(text: str) -> list[str]:
@@ -63,8 +91,8 @@ def dataset_paths(profile: str, data_root: str | Path) -> dict:
 
 def make_config(profile: str, seed: int, overrides: str = "", data_root: str = "data") -> RunConfig:
     """The run's typed config: the preset, its dataset under `data_root`, the seed, then the overrides."""
-    cfg = preset(profile).with_overrides({**dataset_paths(profile, data_root), "train.seed": seed})
-    return cfg.with_overrides(parse_overrides(overrides))
+    base = preset(profile).with_overrides({**dataset_paths(profile, data_root), "train.seed": seed})
+    return base.with_overrides(parse_overrides(overrides))
 
 
 def prepare_data(profile: str, data_root: str | Path, log=print) -> dict:
@@ -76,23 +104,27 @@ def prepare_data(profile: str, data_root: str | Path, log=print) -> dict:
     return corpus.download_fineweb(data_root, "sp1024", FINEWEB_TRAIN_SHARDS, log=log)
 
 
-def num_processes() -> int:
+def num_processes(cfg: RunConfig) -> int:
+    """Processes a launch starts: the profile's `nproc`, capped by the GPUs visible (1 on the CPU),
+    rounded down to a divisor of the run's 8-way accumulation so every count does the same math."""
     import torch
 
-    return max(torch.cuda.device_count(), 1)
+    n = min(cfg.nproc, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+    n = max(n, 1)
+    while cfg.train.grad_accum_total % n:
+        n -= 1
+    return n
 
 
-def launch(args: list[str], nproc: int | None = None, log=print) -> int:
-    """Run `python -m dyneval ARGS` (under torchrun when several GPUs), streaming its output line by line."""
-    nproc = nproc or num_processes()
+def launch(args: list[str], nproc: int = 1, log=print) -> int:
+    """Run `python -m dyneval ARGS` (under torchrun when nproc > 1), streaming its output line by line."""
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "dyneval", *args]
     else:
         cmd = [sys.executable, "-m", "dyneval", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     log("$ " + " ".join(cmd))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
     last = []
@@ -115,19 +147,43 @@ def write_config(cfg: RunConfig, path: Path) -> Path:
 
 
 def train_stage(cfg: RunConfig, run_dir: str | Path, log=print) -> dict:
-    """Train into `run_dir` (resuming a checkpoint left by an interrupted run); return meta.json."""
+    """Train into `run_dir` (resuming a checkpoint left by an interrupted run); return meta.json.
+
+    A finished run of exactly this config is not trained again.
+    """
     run_dir = Path(run_dir)
     meta = run_dir / "meta.json"
     if meta.is_file() and json.loads(meta.read_text())["config"] == cfg.to_dict():
         log(f"{meta} exists for this config: training skipped")
         return json.loads(meta.read_text())
     path = write_config(cfg, run_dir / "config.json")
-    launch(["train", "--config", str(path), "--out", str(run_dir), "--resume"], log=log)
+    launch(["train", "--config", str(path), "--out", str(run_dir), "--resume"], num_processes(cfg), log=log)
     return json.loads(meta.read_text())
 
 
-def evaluate_stage(run_dir: str | Path, variants: str = "all", log=print) -> dict:
+def export_stage(run_dir: str | Path, settings=None, log=print) -> dict:
+    """The export stage on a trained run (in this process): skipped when `export.json` already holds
+    these settings and the artifact on disk is the one it describes."""
+    import hashlib
+
+    from . import quant
+
+    run_dir = Path(run_dir)
+    settings = settings or quant.QuantSettings()
+    done, artifact = run_dir / "export.json", run_dir / quant.ARTIFACT
+    if done.is_file() and artifact.is_file():
+        prev = json.loads(done.read_text())
+        if prev["settings"] == asdict(settings) and \
+                prev["artifact_sha256"] == hashlib.sha256(artifact.read_bytes()).hexdigest():
+            log(f"{artifact} already holds these quantization settings: export skipped")
+            return prev
+    cfg = RunConfig.from_dict(json.loads((run_dir / "meta.json").read_text())["config"])
+    return quant.export(run_dir, cfg, settings, log=log)
+
+
+def evaluate_stage(cfg: RunConfig, run_dir: str | Path, variants: str = "all", log=print) -> dict:
     """Every variant on the run's artifact, into `run_dir/eval`; return results.json."""
     run_dir = Path(run_dir)
-    launch(["evaluate", "--run", str(run_dir), "--variants", variants, "--out", str(run_dir / "eval")], log=log)
+    launch(["evaluate", "--run-dir", str(run_dir), "--variants", variants, "--out", str(run_dir / "eval")],
+           num_processes(cfg), log=log)
     return json.loads((run_dir / "eval" / "results.json").read_text())

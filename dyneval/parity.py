@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from . import adapt, data, evaluate, files, quant
-from .config import ModelConfig, OptimConfig, _build
-from .model import GPT, load_weights, set_qat
+from .config import DynamicSettings, ModelConfig, OptimConfig, Scoring, TTTSettings, _build
+from .model import GPT, load_weights, set_numerics
 from .optim import build_optimizers
 
 TOL_EXACT_EVAL = 1e-5  # forward, per-token NLL, eval_val, sliding, roundtrip_*
@@ -69,20 +69,23 @@ def compute(directory: str | Path, keys=ALL_KEYS, sample_index: dict | None = No
     val_bseq = max(1, int(s.get("val_batch_size_tokens", L * bseq)) // L)
     lr, every, t = float(s["dyneval_lr"]), int(s["adapt_every"]), s["ttt"]
     pair = lambda r: [r.loss, r.bpb]  # noqa: E731
+    scoring = Scoring(seq_len=L, stride=stride, batch_seqs=bseq)
+    dyn = DynamicSettings(lr=lr, adapt_every=every)
+    ttt_settings = TTTSettings(lr=float(t["lr"]), momentum=float(t["momentum"]), epochs=int(t["epochs"]),
+                               batch_seqs=int(t["batch_seqs"]), freeze_blocks=int(t["freeze_blocks"]), grad_clip=1.0)
     nonoverlap = lambda m: pair(evaluate.evaluate_nonoverlap(m, fx.val, fx.lut, L, val_bseq))  # noqa: E731
-    sliding = lambda m: pair(evaluate.evaluate_sliding(m, fx.val, fx.lut, L, stride, bseq))  # noqa: E731
-    dynamic = lambda m: pair(adapt.adapt_dynamic(m, fx.val, fx.lut, seq_len=L, stride=stride,  # noqa: E731
-                                                 batch_seqs=bseq, lr=lr, adapt_every=every))
+    sliding = lambda m: pair(evaluate.evaluate_sliding(m, fx.val, fx.lut, scoring))  # noqa: E731
+    dynamic = lambda m: pair(adapt.adapt_dynamic(m, fx.val, fx.lut, scoring, dyn))  # noqa: E731
 
     def ttt(m):
-        adapt.pre_eval_ttt(m, fx.val, seq_len=L, lr=float(t["lr"]), momentum=float(t["momentum"]),
-                           epochs=int(t["epochs"]), batch_seqs=int(t["batch_seqs"]),
-                           freeze_blocks=int(t["freeze_blocks"]))
+        adapt.pre_eval_ttt(m, fx.val, L, ttt_settings)
         return m
+
+    def qat_on(m):  # the run's late-QAT flag, still on after training
+        return set_numerics(m, qat=True)
 
     out: dict = {}
     want = set(keys).__contains__
-    set_qat(False)
     if want("val_tokens_used"):
         out["val_tokens_used"] = int(fx.val.numel())
     if want("byte_count_val"):
@@ -105,11 +108,10 @@ def compute(directory: str | Path, keys=ALL_KEYS, sample_index: dict | None = No
         out["pre_eval_ttt_then_sliding"] = sliding(m)
     if want("pre_eval_ttt_then_dynamic"):
         out["pre_eval_ttt_then_dynamic"] = dynamic(ttt(fx.model()))
-    with adapt.run_with_qat(True):
-        if want("qat_flag_on_dynamic"):
-            out["qat_flag_on_dynamic"] = dynamic(fx.model())
-        if want("qat_flag_on_pre_eval_ttt_then_eval_val"):
-            out["qat_flag_on_pre_eval_ttt_then_eval_val"] = nonoverlap(ttt(fx.model()))
+    if want("qat_flag_on_dynamic"):
+        out["qat_flag_on_dynamic"] = dynamic(qat_on(fx.model()))
+    if want("qat_flag_on_pre_eval_ttt_then_eval_val"):
+        out["qat_flag_on_pre_eval_ttt_then_eval_val"] = nonoverlap(ttt(qat_on(fx.model())))
     if want("quant_meta") or want("quant_sha256"):
         tensors, meta = quant.quantize_state_dict(fx.state)
         out["quant_meta"] = {k: (v if isinstance(v, str) else v["type"]) for k, v in meta.items()}
@@ -250,15 +252,3 @@ def check_params(rep: Report, got: dict, want: dict) -> None:
 def write_expected(directory: str | Path) -> None:
     """Write `expected.json` for a fixture directory from this library's own numerics (regression fixtures)."""
     files.write_json(Path(directory) / "expected.json", compute(directory), indent=1)
-
-
-def main(args) -> int:
-    t0 = time.perf_counter()
-    if getattr(args, "write", False):
-        write_expected(args.fixture)
-        print(f"wrote {Path(args.fixture) / 'expected.json'} from this library's numerics")
-        return 0
-    rep = run(args.fixture)
-    rep.print()
-    print(f"parity on {args.fixture}: {'PASS' if rep.ok else 'FAIL'} in {time.perf_counter() - t0:.1f} s")
-    return 0 if rep.ok else 1

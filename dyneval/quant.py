@@ -8,7 +8,10 @@ against the challenge's 16,000,000-byte cap (compressed model + code).
 
 from __future__ import annotations
 
+import hashlib
 import io
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -34,52 +37,82 @@ def category(name: str) -> str:
     return "other"
 
 
-def quantize_int6(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass(frozen=True, kw_only=True)
+class QuantSettings:
+    """The exporter's knobs; the defaults are the run's (and reproduce its artifact byte for byte)."""
+
+    bits: int = 6  # bits of the per-row grid for attention and MLP matrices (int6: q in [-32, 31])
+    clip_quantile: float = INT8_CLIP_QUANTILE  # per-row clip of the int8 tensors (embeddings and the rest)
+    passthrough_max_numel: int = PASSTHROUGH_MAX_NUMEL  # tensors this small are stored as fp16 as is
+
+    def __post_init__(self):
+        if not 2 <= self.bits <= 8:
+            raise ValueError(f"bits={self.bits} must lie in [2, 8] (the grid is stored in int8)")
+        if not 0 < self.clip_quantile <= 1:
+            raise ValueError(f"clip_quantile={self.clip_quantile} must lie in (0, 1]")
+        if self.passthrough_max_numel < 0:
+            raise ValueError(f"passthrough_max_numel={self.passthrough_max_numel} must be >= 0")
+
+
+def quantize_int6(t: torch.Tensor, bits: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row int6 in int8 storage: s = fp16(max(max|row|/31, 1/31)), q = clamp(round(w/s), -32, 31).
 
     q uses the fp16-rounded scale so that dequantization (q*s) reproduces exactly what was rounded.
-    1-D tensors get one scale, fp16(max|w|/31), or 1 when the tensor is all zeros.
+    1-D tensors get one scale, fp16(max|w|/31), or 1 when the tensor is all zeros. The floor of
+    1/31 on the scale is the run's: rows smaller than 1 in magnitude are not stretched to the grid.
+    `bits` generalises 31/-32 to 2^(bits-1)-1 / -2^(bits-1) (the run: 6).
     """
+    top, bottom = 2 ** (bits - 1) - 1, -(2 ** (bits - 1))
     t32 = t.float()
     if t32.ndim == 2:
-        scale = (t32.abs().amax(dim=1) / 31.0).clamp_min(1.0 / 31.0).to(torch.float16)
-        q = torch.clamp(torch.round(t32 / scale.float()[:, None]), -32, 31).to(torch.int8)
+        scale = (t32.abs().amax(dim=1) / float(top)).clamp_min(1.0 / top).to(torch.float16)
+        q = torch.clamp(torch.round(t32 / scale.float()[:, None]), bottom, top).to(torch.int8)
         return q.contiguous(), scale.contiguous()
     amax = t32.abs().max().item()
-    scale = torch.tensor(amax / 31.0 if amax > 0 else 1.0, dtype=torch.float16)
-    q = torch.clamp(torch.round(t32 / scale.float()), -32, 31).to(torch.int8)
+    scale = torch.tensor(amax / float(top) if amax > 0 else 1.0, dtype=torch.float16)
+    q = torch.clamp(torch.round(t32 / scale.float()), bottom, top).to(torch.int8)
     return q.contiguous(), scale
 
 
-def quantize_int8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row int8 with a 99.99984th-percentile clip; s = max(c/127, 1/127) fp32, stored fp16."""
+def quantize_int8(t: torch.Tensor, clip_quantile: float = INT8_CLIP_QUANTILE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row int8 with a 99.99984th-percentile clip; s = max(c/127, 1/127) fp32, stored fp16.
+
+    The clip drops the few outliers of each row (the token table's rare pieces) so that the other
+    values keep their resolution; the run's percentile clips about 1 value in 600,000.
+    """
     t32 = t.float()
     if t32.ndim == 2:
-        clip = torch.quantile(t32.abs(), INT8_CLIP_QUANTILE, dim=1)
+        clip = torch.quantile(t32.abs(), clip_quantile, dim=1)
         clipped = torch.maximum(torch.minimum(t32, clip[:, None]), -clip[:, None])
         scale = (clip / 127.0).clamp_min(1.0 / 127.0)
         q = torch.clamp(torch.round(clipped / scale[:, None]), -127, 127).to(torch.int8)
         return q.contiguous(), scale.to(torch.float16).contiguous()
-    clip = float(torch.quantile(t32.abs().flatten(), INT8_CLIP_QUANTILE).item()) if t32.numel() else 0.0
+    clip = float(torch.quantile(t32.abs().flatten(), clip_quantile).item()) if t32.numel() else 0.0
     scale = torch.tensor(clip / 127.0 if clip > 0 else 1.0, dtype=torch.float32)
     q = torch.clamp(torch.round(torch.clip(t32, -clip, clip) / scale), -127, 127).to(torch.int8)
     return q.contiguous(), scale
 
 
-def quantize_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+def quantize_state_dict(state: dict[str, torch.Tensor], settings: QuantSettings = QuantSettings()) -> tuple[dict, dict]:
     """The run's treatment per tensor, in this order (SPEC.md): passthrough, passthrough_ctrl, int6, int8."""
     tensors, meta = {}, {}
     for name, tensor in state.items():
         t = tensor.detach().cpu().contiguous()
-        if not t.is_floating_point() or t.numel() <= PASSTHROUGH_MAX_NUMEL:
+        if not t.is_floating_point() or t.numel() <= settings.passthrough_max_numel:
             tensors[name] = t.to(torch.float16) if t.is_floating_point() else t
             meta[name] = "passthrough"  # quirk: small control tensors become fp16 here
         elif is_control(name):
             tensors[name] = t.float()
             meta[name] = "passthrough_ctrl"
         else:
-            kind = "int6" if category(name) in INT6_CATEGORIES else "int8"
-            q, s = (quantize_int6 if kind == "int6" else quantize_int8)(t)
+            if category(name) in INT6_CATEGORIES:
+                q, s = quantize_int6(t, settings.bits)
+                # one interned string: pickle then stores it once and refers back to it, as the run's
+                # literal "int6" is, so the artifact stays byte-identical to the run's
+                kind = sys.intern(f"int{settings.bits}")
+            else:
+                q, s = quantize_int8(t, settings.clip_quantile)
+                kind = "int8"
             tensors[name + ".q"], tensors[name + ".scale"] = q, s
             meta[name] = {"type": kind}
     return tensors, meta
@@ -110,18 +143,18 @@ def dequantize_state_dict(tensors: dict, meta: dict, template: dict[str, torch.T
     return out
 
 
-def artifact_bytes(state: dict[str, torch.Tensor]) -> bytes:
+def artifact_bytes(state: dict[str, torch.Tensor], settings: QuantSettings = QuantSettings()) -> bytes:
     import zstandard
 
-    tensors, meta = quantize_state_dict(state)
+    tensors, meta = quantize_state_dict(state, settings)
     buf = io.BytesIO()
     torch.save({"w": tensors, "m": meta}, buf)
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(buf.getvalue())
 
 
-def write_artifact(path: str | Path, state: dict[str, torch.Tensor]) -> int:
+def write_artifact(path: str | Path, state: dict[str, torch.Tensor], settings: QuantSettings = QuantSettings()) -> int:
     """Quantize, serialize and compress `state` to `path` atomically; return the compressed size."""
-    blob = artifact_bytes(state)
+    blob = artifact_bytes(state, settings)
     files.write_bytes(path, blob)
     return len(blob)
 
@@ -168,3 +201,59 @@ def size_report(artifact_path: str | Path) -> dict:
     return {"artifact": str(artifact_path), "model_bytes": model, "code_bytes": code,
             "total_bytes": model + code, "cap_bytes": SIZE_CAP_BYTES,
             "under_cap": model + code <= SIZE_CAP_BYTES, "headroom_bytes": SIZE_CAP_BYTES - model - code}
+
+
+# ----------------------------------------------------------------------------------------------
+# The export stage
+
+ARTIFACT = "final_model.int6.ptz"
+FINAL_WEIGHTS = "final_model.pt"
+
+
+def export(run_dir: str | Path, cfg, settings: QuantSettings = QuantSettings(), device: str | None = None,
+           log=print) -> dict:
+    """The export stage: `final_model.pt` -> the artifact, its size report, and its round-trip score.
+
+    Writes `final_model.int6.ptz` (rank 0), `size_report.json` and `export.json` (the settings, the
+    artifact's sha256 and the non-overlapping val score of the dequantized weights -- what the
+    rounding costs, before any adaptation). Training calls it at the end; notebook 03 calls it to
+    re-quantize a trained run with other settings. Works under torchrun (the score is reduced over
+    ranks) and alone.
+    """
+    from . import data, distributed as dist_utils
+    from .distributed import Ranks
+    from .evaluate import evaluate_nonoverlap
+    from .model import GPT, apply_dtype_policy, configure_backends, load_weights
+
+    run = Path(run_dir)
+    ctx = dist_utils.setup(device)
+    configure_backends(cfg, ctx.device)
+    weights = run / FINAL_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: no final weights: train the run first")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    artifact = run / ARTIFACT
+    if ctx.is_main:
+        write_artifact(artifact, state, settings)
+    dist_utils.barrier()
+    model = GPT(cfg.model).to(ctx.device)
+    if ctx.device.type == "cuda":
+        apply_dtype_policy(model)
+    load_weights(model, load_artifact(artifact, model.state_dict()), str(artifact))
+    tc = cfg.train
+    tokens = data.load_validation_tokens(data.val_pattern(tc.data_path), tc.train_seq_len, tc.max_val_tokens)
+    lut = data.build_byte_lut(tc.tokenizer_path, cfg.model.vocab_size).to(ctx.device)
+    batch_seqs = max(1, tc.val_batch_size_tokens // (ctx.world_size * tc.grad_accum_steps(ctx.world_size)
+                                                     * tc.train_seq_len))
+    rt = evaluate_nonoverlap(model, tokens.to(ctx.device), lut, tc.train_seq_len, batch_seqs, Ranks.current(),
+                             autocast=ctx.device.type == "cuda")
+    size = size_report(artifact)
+    out = {"settings": asdict(settings), "artifact_sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
+           "int6_roundtrip": rt.summary(), "size": size}
+    if ctx.is_main:
+        files.write_json(run / "size_report.json", size)
+        files.write_json(run / "export.json", out)
+    log(f"int6_roundtrip (before any adaptation) val_loss:{rt.loss:.4f} val_bpb:{rt.bpb:.4f}")
+    log(f"artifact: {size['model_bytes']:,} bytes + code {size['code_bytes']:,} = {size['total_bytes']:,} "
+        f"(cap {size['cap_bytes']:,}: {'under' if size['under_cap'] else 'OVER'})")
+    return out

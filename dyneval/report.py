@@ -26,6 +26,46 @@ LN2 = math.log(2)
 
 
 # ----------------------------------------------------------------------------------------------
+# One run's tables (written by the evaluate stage after every variant)
+
+def run_rows(results: dict) -> list[dict]:
+    """One row per variant of one run's results.json (failed variants keep their error)."""
+    base = results.get("sliding", {}).get("bpb")
+    sf = results.get("score_first_ttt", {}).get("bpb")
+    rows = []
+    for name, r in results.items():
+        if "bpb" not in r:
+            rows.append({"variant": name, "bpb": float("nan"), "delta_vs_sliding": float("nan"),
+                         "delta_vs_score_first_ttt": float("nan"), "seconds": float("nan"), "legal": r.get("legal"),
+                         "error": r.get("error", "")})
+            continue
+        rows.append({"variant": name, "bpb": r["bpb"],
+                     "delta_vs_sliding": r["bpb"] - base if base is not None else float("nan"),
+                     "delta_vs_score_first_ttt": r["bpb"] - sf if sf is not None else float("nan"),
+                     "seconds": r["seconds"], "legal": r["legal"], "error": ""})
+    return rows
+
+
+def write_run_tables(results: dict, out: Path) -> None:
+    """One run's `ablation.md` / `.csv` beside its results.json: bpb and Δ vs sliding and vs score-first TTT."""
+    rows = run_rows(results)
+    lines = ["| variant | bpb | Δ vs sliding | Δ vs score_first_ttt | seconds | legal |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["error"]:
+            lines.append(f"| {r['variant']} | failed: {r['error'][:80]} | | | | {r['legal']} |")
+            continue
+        lines.append(f"| {r['variant']} | {r['bpb']:.4f} | {r['delta_vs_sliding']:+.4f} | "
+                     f"{r['delta_vs_score_first_ttt']:+.4f} | {r['seconds']:.1f} | "
+                     f"{'yes' if r['legal'] else 'NO (trains on unscored tokens)'} |")
+    files.write_text(out / "ablation.md", "\n".join(lines) + "\n")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["variant"], lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    files.write_text(out / "ablation.csv", buf.getvalue())
+
+
+# ----------------------------------------------------------------------------------------------
 # Reading runs
 
 def load_runs(runs: str | Path) -> dict:

@@ -22,7 +22,7 @@ def seed_complete(seed_dir: Path) -> bool:
     """A seed is done when its results hold a finite bpb for every variant."""
     import math
 
-    from .ablation import VARIANTS
+    from .variants import VARIANTS
 
     res = seed_dir / "eval" / "results.json"
     if not res.is_file() or not (seed_dir / "meta.json").is_file():

@@ -3,30 +3,33 @@
 Owns `train(cfg, out_dir)`: gradient accumulation 8/world (any GPU count does the same math),
 compile-priming warm-up steps after which weights, optimizer states and loader are restored, the
 wall-clock cap with its time-based warmdown, Muon momentum warm-up, gradient clipping, EMA every
-step, late QAT below the lr-scale threshold, periodic validation, the run's log lines, atomic
-checkpoints of the full state (every N steps and on interruption) and `--resume`. At the end: EMA
-applied, `final_model.pt`, the int6 artifact with its size report, and `meta.json`.
+step, late QAT below the lr-scale threshold, periodic validation, the run's log lines, and the
+training state (`TrainState`) checkpointed atomically every N steps, at the end of training and on
+SIGINT/SIGTERM (always between two steps, so a resume is bitwise the uninterrupted run), loaded with
+`weights_only=True` (a checkpoint holds tensors and plain containers, never code). At the end: EMA
+applied, `final_model.pt`, then the export stage (`quant.export`) and `meta.json`.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 import platform
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import data, distributed as dist_utils, files, quant
 from .config import RunConfig
+from .distributed import Context, Ranks
 from .evaluate import evaluate_nonoverlap
-from .model import GPT, CastedLinear, CausalSelfAttention, apply_dtype_policy, load_weights, set_qat
-from .optim import build_optimizers, lr_scale, muon_momentum
+from .model import GPT, apply_dtype_policy, configure_backends, load_weights, set_numerics
+from .optim import Optimizers, build_optimizers, lr_scale, muon_momentum
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -67,6 +70,10 @@ class Logger:
             self.f.write(msg + "\n")
             self.f.flush()
 
+    def close(self) -> None:
+        if self.f:
+            self.f.close()
+
 
 def save_atomic(obj, path: Path) -> None:
     with files.atomic_open(path) as f:
@@ -98,13 +105,123 @@ def accumulate(model, next_batch, grad_accum: int, world_size: int, autocast: bo
     return dist_utils.all_reduce_(total / grad_accum, average=True)
 
 
-def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, device: str | None = None,
-          stop_after: int | None = None) -> dict:
-    """Run the training stage into `out_dir`; return the summary written to meta.json (rank 0).
+# ----------------------------------------------------------------------------------------------
+# The training state and its checkpoint
 
-    `stop_after`: end the loop after this many steps as if interrupted (checkpoint written, no
-    export), as a kill at that step would; the resume test uses it.
+class TrainState:
+    """Everything a step changes: weights, EMA, optimizer states, loader position, step, clock, history.
+
+    `state_dict()` holds only tensors and plain containers, so a checkpoint loads with
+    `weights_only=True`; `load_state_dict` restores all of it, so a resumed run continues bitwise.
     """
+
+    def __init__(self, model: GPT, opts: Optimizers, loader: data.DistributedTokenLoader, ema_decay: float):
+        self.model, self.opts, self.loader = model, opts, loader
+        self.ema = {k: v.detach().float().clone() for k, v in model.state_dict().items()} if ema_decay else None
+        self.step, self.train_ms = 0, 0.0
+        self.history: dict = {"train": [], "val": []}
+        self.qat_step: int | None = None  # the step before which late QAT's flag was set (None: not yet)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizers": self.opts.state_dict(),
+                "loader": self.loader.stream.state(), "ema": self.ema, "step": self.step, "train_ms": self.train_ms,
+                "history": self.history, "qat_step": self.qat_step}
+
+    def load_state_dict(self, state: dict, source: str) -> None:
+        load_weights(self.model, state["model"], source)
+        self.opts.load_state_dict(state["optimizers"])
+        self.loader.stream.load_state(state["loader"])
+        self.ema = state["ema"]
+        self.step, self.train_ms, self.history = int(state["step"]), float(state["train_ms"]), state["history"]
+        self.qat_step = state["qat_step"]
+
+
+def read_checkpoint(path: Path, cfg: RunConfig, device) -> dict:
+    """A checkpoint, read with `weights_only=True` and checked against the config of this run."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # an unpicklable or tampered file: never run what it carries
+        raise ValueError(f"{path}: not a checkpoint of tensors and plain containers "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:100]}): remove it to start fresh") from None
+    saved = state.get("config") if isinstance(state, dict) else None
+    if saved != cfg.to_dict():
+        diff = _first_difference(saved or {}, cfg.to_dict())
+        raise ValueError(f"{path}: written by another config ({diff}): resume with the config it was written "
+                         f"with, or remove the checkpoint to start fresh")
+    return state
+
+
+def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            d = _first_difference(x, y, f"{prefix}{k}.")
+            if d:
+                return d
+        elif x != y:
+            return f"{prefix}{k}: checkpoint {x!r}, now {y!r}"
+    return ""
+
+
+class Interrupts:
+    """SIGINT and SIGTERM set a flag; the loop checks it between steps and checkpoints there.
+
+    A signal that raised wherever it landed could interrupt a half-applied optimizer or EMA update
+    and save a loader position ahead of the step counter: a resume would then differ from the run.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.flag = False
+        self.previous = {}
+
+    def __enter__(self):
+        try:
+            for s in self.SIGNALS:
+                self.previous[s] = signal.signal(s, self._handle)
+        except ValueError:  # not the main thread: no handlers, nothing to restore
+            self.previous = {}
+        return self
+
+    def _handle(self, signum, frame):
+        self.flag = True
+
+    def __exit__(self, *exc):
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+        return False
+
+    def any_rank(self) -> bool:
+        return bool(dist_utils.max_over_ranks(float(self.flag)))
+
+
+# ----------------------------------------------------------------------------------------------
+# The stages of the loop
+
+@dataclass
+class Trainer:
+    """What the loop runs on, built once by `setup`."""
+
+    cfg: RunConfig
+    ctx: Context
+    out: Path
+    log: Logger
+    model: torch.nn.Module  # compiled and/or DDP-wrapped: what the micro-steps call
+    lut: data.ByteLUT
+    val_tokens: torch.Tensor
+    grad_accum: int
+    local_tokens: int
+    val_batch_seqs: int
+    backends: dict
+
+    @property
+    def autocast(self) -> bool:
+        return self.ctx.device.type == "cuda"
+
+
+def setup(cfg: RunConfig, out_dir: str | Path, device: str | None) -> tuple[Trainer, TrainState]:
+    """Process group, backends, data, model, optimizers: the trainer and a fresh state."""
     ctx = dist_utils.setup(device)
     tc = cfg.train
     out = Path(out_dir)
@@ -119,192 +236,200 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, device: str
     if local_tokens % tc.train_seq_len:
         raise ValueError(f"train_batch_tokens={tc.train_batch_tokens} gives {local_tokens} tokens per rank and "
                          f"micro-step, not a multiple of train_seq_len={tc.train_seq_len}")
-    cuda = ctx.device.type == "cuda"
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cuda.enable_cudnn_sdp(tc.cudnn_attention)  # the run disables cuDNN attention
-        CausalSelfAttention.expand_kv = tc.cudnn_attention
-
+    backends = configure_backends(cfg, ctx.device)
     loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), ctx.rank, ctx.world_size, ctx.device)
     lut = data.build_byte_lut(tc.tokenizer_path, cfg.model.vocab_size).to(ctx.device)
     val_tokens = data.load_validation_tokens(data.val_pattern(tc.data_path), tc.train_seq_len,
                                              tc.max_val_tokens).to(ctx.device)
-    base = build_model(cfg, ctx.device)
-    set_qat(False)
+    base = set_numerics(build_model(cfg, ctx.device), qat=False, expand_kv=backends["expand_kv"])
     opts = build_optimizers(base, cfg.optim, cfg.model.tie_embeddings)
-    model = torch.compile(base, dynamic=False) if (cuda and tc.compile) else base
+    model = torch.compile(base, dynamic=False) if (ctx.device.type == "cuda" and tc.compile) else base
     if ctx.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[ctx.local_rank] if cuda else None, broadcast_buffers=False)
+        model = DDP(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
+                    broadcast_buffers=False)
     val_batch_seqs = max(1, tc.val_batch_size_tokens // (ctx.world_size * grad_accum * tc.train_seq_len))
-    autocast = cuda
+    trainer = Trainer(cfg, ctx, out, log, model, lut, val_tokens, grad_accum, local_tokens, val_batch_seqs, backends)
+    return trainer, TrainState(base, opts, loader, tc.ema_decay)
 
-    def micro_steps() -> torch.Tensor:
-        return accumulate(model, lambda: loader.next_batch(local_tokens, tc.train_seq_len), grad_accum,
-                          ctx.world_size, autocast)
 
-    def validate() -> tuple[float, float]:
-        r = evaluate_nonoverlap(base, val_tokens, lut, tc.train_seq_len, val_batch_seqs, ctx.rank, ctx.world_size,
-                                autocast=autocast)
-        base.train()
-        return r.loss, r.bpb
+def micro_steps(tr: Trainer, st: TrainState) -> torch.Tensor:
+    tc = tr.cfg.train
+    return accumulate(tr.model, lambda: st.loader.next_batch(tr.local_tokens, tc.train_seq_len), tr.grad_accum,
+                      tr.ctx.world_size, tr.autocast)
 
-    ema = {k: v.detach().float().clone() for k, v in base.state_dict().items()} if tc.ema_decay else None
-    step, train_ms, history = 0, 0.0, {"train": [], "val": []}
-    ckpt_path = out / CHECKPOINT
-    if resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=ctx.device, weights_only=False)
-        load_weights(base, state["model"], str(ckpt_path))
-        opts.load_state_dict(state["optimizers"])
-        loader.stream.load_state(state["loader"])
-        ema = state["ema"]
-        step, train_ms, history = state["step"], state["train_ms"], state["history"]
-        set_qat(state["qat"])
-        log(f"resumed from {ckpt_path} at step {step}")
+
+def warm_up(tr: Trainer, st: TrainState) -> None:
+    """The run's compile-priming steps: take them, then restore weights, optimizer states and data."""
+    tc = tr.cfg.train
+    init_model = copy.deepcopy(st.model.state_dict())
+    init_opt = copy.deepcopy(st.opts.state_dict())
+    st.model.train()
+    for _ in range(tc.warmup_steps):
+        st.opts.zero_grad()
+        micro_steps(tr, st)
+        st.opts.step()
+    load_weights(st.model, init_model, "initial weights")
+    st.opts.load_state_dict(init_opt)
+    st.loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), tr.ctx.rank, tr.ctx.world_size,
+                                            tr.ctx.device)
+    tr.log(f"warmup: {tc.warmup_steps} steps done, weights/optimizer/loader restored")
+
+
+def validate(tr: Trainer, st: TrainState, model: GPT | None = None):
+    """Non-overlapping val score (the run's periodic `val_bpb`), reduced over ranks."""
+    tc = tr.cfg.train
+    m = model or st.model
+    r = evaluate_nonoverlap(m, tr.val_tokens, tr.lut, tc.train_seq_len, tr.val_batch_seqs, Ranks.current(),
+                            autocast=tr.autocast)
+    st.model.train()
+    return r
+
+
+def late_qat(tr: Trainer, st: TrainState, mul: float) -> None:
+    """Late QAT's switch, faithful to what the run's training did with it.
+
+    The run sets a class-wide flag once the lr scale drops below the threshold; its model was compiled
+    with fullgraph before that, the compiled graph kept the old constant, and step time did not change
+    (107.08 ms before and after, no recompile pause): its training never fake-quantized. Faithful
+    (`train.qat_trains=0`): the switch is logged and recorded -- the run's later train-mode passes
+    (TTT, dynamic eval) see it, which the evaluate stage reproduces with its `qat_on` quirk -- and
+    every step trains without fake quantization. `qat_trains=1` really trains through int6 rounding;
+    on a compiled model the recompile is forced here, outside the timed step.
+    """
+    tc = tr.cfg.train
+    if not tc.late_qat_threshold or mul >= tc.late_qat_threshold or st.qat_step is not None:
+        return
+    st.qat_step = st.step
+    how = "training through int6 fake quantization" if tc.qat_trains else \
+        "flag only: as in the run, the training graph does not fake-quantize"
+    tr.log(f"late_qat:enabled step:{st.step} (lr scale {mul:.4f}; {how})")
+    if tc.qat_trains:
+        set_numerics(st.model, qat=True)
+        if tr.model is not st.model:  # compiled: recompile now on a throwaway batch, not inside the clock
+            x = torch.zeros(1, tc.train_seq_len, dtype=torch.long, device=tr.ctx.device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=tr.autocast):
+                tr.model(x, x).backward()
+            st.opts.zero_grad()
+
+
+def train_step(tr: Trainer, st: TrainState) -> None:
+    """One optimizer step: schedules, micro-steps, clip, step, EMA, the clock and the log line."""
+    tc, cuda = tr.cfg.train, tr.autocast
+    cap_ms = 1000.0 * tc.max_wallclock_seconds
+    mul = lr_scale(st.step, st.train_ms, tc.iterations, tc.warmdown_iters, cap_ms)
+    late_qat(tr, st, mul)
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    st.opts.set_lr_scale(mul)
+    st.opts.set_muon_momentum(muon_momentum(tr.cfg.optim, st.step))
+    st.opts.zero_grad()
+    loss = micro_steps(tr, st)
+    if tr.cfg.optim.grad_clip_norm:
+        torch.nn.utils.clip_grad_norm_(st.model.parameters(), tr.cfg.optim.grad_clip_norm)
+    st.opts.step()
+    if st.ema is not None:
+        with torch.no_grad():
+            for k, v in st.model.state_dict().items():
+                st.ema[k].mul_(tc.ema_decay).add_(v.detach().float(), alpha=1 - tc.ema_decay)
+    if cuda:
+        torch.cuda.synchronize()
+    st.train_ms += 1000.0 * (time.perf_counter() - t0)
+    if cap_ms:
+        st.train_ms = dist_utils.max_over_ranks(st.train_ms)  # every rank stops at the same step
+    st.step += 1
+    loss_v = loss.item()
+    st.history["train"].append({"step": st.step, "train_loss": loss_v, "train_ms": st.train_ms, "lr_scale": mul})
+    if st.step % tc.train_log_every == 0 or st.step <= 10:
+        tr.log(f"step:{st.step}/{tc.iterations} train_loss:{loss_v:.4f} train_time:{st.train_ms:.0f}ms "
+               f"step_avg:{st.train_ms / st.step:.2f}ms")
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"training diverged at step {st.step} (loss {loss_v}): lower the learning rates")
+
+
+def checkpoint(tr: Trainer, st: TrainState, reason: str) -> None:
+    path = tr.out / CHECKPOINT
+    if tr.ctx.is_main:
+        save_atomic({**st.state_dict(), "config": tr.cfg.to_dict()}, path)
+        tr.log(f"checkpoint: step {st.step} ({reason}) -> {path}")
+    dist_utils.barrier()
+
+
+def validate_if_due(tr: Trainer, st: TrainState, last: bool) -> None:
+    tc = tr.cfg.train
+    due = (tc.val_loss_every and st.step % tc.val_loss_every == 0) or st.step == 0 or last
+    if not due or (st.history["val"] and st.history["val"][-1]["step"] == st.step):  # not twice after a resume
+        return
+    r = validate(tr, st)
+    st.history["val"].append({"step": st.step, "val_loss": r.loss, "val_bpb": r.bpb, "train_ms": st.train_ms})
+    tr.log(f"step:{st.step}/{tc.iterations} val_loss:{r.loss:.4f} val_bpb:{r.bpb:.4f} "
+           f"train_time:{st.train_ms:.0f}ms step_avg:{st.train_ms / max(st.step, 1):.2f}ms")
+
+
+def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, device: str | None = None,
+          stop_after: int | None = None) -> dict:
+    """Run the training stage into `out_dir`; return the summary written to meta.json (rank 0).
+
+    `stop_after`: end the loop after this many steps as if interrupted (checkpoint written, no
+    export), as a kill at that step would; the resume tests use it.
+    """
+    tr, st = setup(cfg, out_dir, device)
+    tc = cfg.train
+    ckpt = tr.out / CHECKPOINT
+    if resume and ckpt.is_file():
+        st.load_state_dict(read_checkpoint(ckpt, cfg, tr.ctx.device), str(ckpt))
+        if st.qat_step is not None and tc.qat_trains:
+            set_numerics(st.model, qat=True)
+        tr.log(f"resumed from {ckpt} at step {st.step}")
     else:
         if resume:
-            log(f"no checkpoint at {ckpt_path}: starting fresh")
-        log(json.dumps({"config": cfg.to_dict(), "env": environment_info(ctx.device)}))
+            tr.log(f"no checkpoint at {ckpt}: starting fresh")
+        tr.log(json.dumps({"config": cfg.to_dict(), "env": environment_info(tr.ctx.device),
+                           "backends": tr.backends}))
         if tc.warmup_steps:
-            # Prime compilation and kernels, then restore the initial weights, optimizer states and data.
-            init_model = copy.deepcopy(base.state_dict())
-            init_opt = copy.deepcopy(opts.state_dict())
-            base.train()
-            for _ in range(tc.warmup_steps):
-                opts.zero_grad()
-                micro_steps()
-                opts.step()
-            load_weights(base, init_model, "initial weights")
-            opts.load_state_dict(init_opt)
-            loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), ctx.rank, ctx.world_size,
-                                                 ctx.device)
-            log(f"warmup: {tc.warmup_steps} steps done, weights/optimizer/loader restored")
-
-    def checkpoint(reason: str) -> None:
-        if ctx.is_main:
-            save_atomic({"model": base.state_dict(), "optimizers": opts.state_dict(), "loader": loader.stream.state(),
-                         "ema": ema, "step": step, "train_ms": train_ms, "history": history,
-                         "qat": CastedLinear.qat_enabled, "config": cfg.to_dict()}, ckpt_path)
-            log(f"checkpoint: step {step} ({reason}) -> {ckpt_path}")
-        dist_utils.barrier()
-
-    interrupted = {"flag": False}
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: interrupted.__setitem__("flag", True))
+            warm_up(tr, st)
     cap_ms = 1000.0 * tc.max_wallclock_seconds
-    base.train()
-    try:
+    st.model.train()
+    with Interrupts() as interrupts:
         while True:
-            last = step >= tc.iterations or (cap_ms and train_ms >= cap_ms)
-            due = (tc.val_loss_every and step % tc.val_loss_every == 0) or step == 0 or last
-            if due and not (history["val"] and history["val"][-1]["step"] == step):  # not twice after a resume
-                vl, vb = validate()
-                history["val"].append({"step": step, "val_loss": vl, "val_bpb": vb, "train_ms": train_ms})
-                log(f"step:{step}/{tc.iterations} val_loss:{vl:.4f} val_bpb:{vb:.4f} "
-                    f"train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
+            last = st.step >= tc.iterations or bool(cap_ms and st.train_ms >= cap_ms)
+            validate_if_due(tr, st, last)
             if last:
                 break
-            if stop_after is not None and step >= stop_after:
-                checkpoint("stop_after")
-                return {"stopped_at": step}
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            mul = lr_scale(step, train_ms, tc.iterations, tc.warmdown_iters, cap_ms)
-            if tc.late_qat_threshold and mul < tc.late_qat_threshold and not CastedLinear.qat_enabled:
-                set_qat(True)
-                log(f"late_qat: enabled at step {step} (lr scale {mul:.4f})")
-            opts.set_lr_scale(mul)
-            opts.set_muon_momentum(muon_momentum(cfg.optim, step))
-            opts.zero_grad()
-            loss = micro_steps()
-            if cfg.optim.grad_clip_norm:
-                torch.nn.utils.clip_grad_norm_(base.parameters(), cfg.optim.grad_clip_norm)
-            opts.step()
-            if ema is not None:
-                with torch.no_grad():
-                    for k, v in base.state_dict().items():
-                        ema[k].mul_(tc.ema_decay).add_(v.detach().float(), alpha=1 - tc.ema_decay)
-            if cuda:
-                torch.cuda.synchronize()
-            train_ms += 1000.0 * (time.perf_counter() - t0)
-            if cap_ms:
-                train_ms = dist_utils.max_over_ranks(train_ms)
-            step += 1
-            loss_v = loss.item()
-            history["train"].append({"step": step, "train_loss": loss_v, "train_ms": train_ms, "lr_scale": mul})
-            if step % tc.train_log_every == 0 or step <= 10:
-                log(f"step:{step}/{tc.iterations} train_loss:{loss_v:.4f} train_time:{train_ms:.0f}ms "
-                    f"step_avg:{train_ms / step:.2f}ms")
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training diverged at step {step} (loss {loss_v}): lower the learning rates")
-            if tc.checkpoint_every and step % tc.checkpoint_every == 0:
-                checkpoint("periodic")
-            if dist_utils.max_over_ranks(float(interrupted["flag"])):
+            if stop_after is not None and st.step >= stop_after:
+                checkpoint(tr, st, "stop_after")
+                return {"stopped_at": st.step}
+            train_step(tr, st)
+            if tc.checkpoint_every and st.step % tc.checkpoint_every == 0:
+                checkpoint(tr, st, "periodic")
+            if interrupts.any_rank():
+                checkpoint(tr, st, "interrupted")
                 raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        checkpoint("interrupted")
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-    summary = finish_training(cfg, base, ema, out, ctx, log, history, step, train_ms, val_tokens, lut,
-                              val_batch_seqs, autocast)
-    return summary
+        # The end-of-training state, so a signal or crash during the export loses nothing.
+        if not (ckpt.is_file() and tc.checkpoint_every and st.step % tc.checkpoint_every == 0):
+            checkpoint(tr, st, "end of training")
+        return finish(tr, st)
 
 
-def finish_training(cfg, base: GPT, ema, out: Path, ctx, log, history, step, train_ms, val_tokens, lut,
-                    val_batch_seqs, autocast) -> dict:
-    """Apply the EMA, write final_model.pt, the artifact and its size report, meta.json; score both."""
-    tc = cfg.train
-    if ema is not None:
-        load_weights(base, {k: v for k, v in ema.items()}, "EMA")
-    state = {k: v.detach().cpu() for k, v in base.state_dict().items()}
-    ema_val = evaluate_nonoverlap(base, val_tokens, lut, tc.train_seq_len, val_batch_seqs, ctx.rank,
-                                  ctx.world_size, autocast=autocast)
-    artifact = out / "final_model.int6.ptz"
-    if ctx.is_main:
-        save_atomic(state, out / "final_model.pt")
-        quant.write_artifact(artifact, state)
-        files.write_json(out / "size_report.json", quant.size_report(artifact))
+def finish(tr: Trainer, st: TrainState) -> dict:
+    """Apply the EMA, write final_model.pt, score it, run the export stage, write meta.json."""
+    if st.ema is not None:
+        load_weights(st.model, st.ema, "EMA")
+    state = {k: v.detach().cpu() for k, v in st.model.state_dict().items()}
+    ema_val = validate(tr, st)
+    if tr.ctx.is_main:
+        save_atomic(state, tr.out / quant.FINAL_WEIGHTS)
     dist_utils.barrier()
-    deq = quant.load_artifact(artifact, base.state_dict())
-    rt = copy.deepcopy(base)
-    load_weights(rt, deq, str(artifact))
-    rt_val = evaluate_nonoverlap(rt, val_tokens, lut, tc.train_seq_len, val_batch_seqs, ctx.rank, ctx.world_size,
-                                 autocast=autocast)
-    size = quant.size_report(artifact)
-    log(f"final_ema val_loss:{ema_val.loss:.4f} val_bpb:{ema_val.bpb:.4f}")
-    log(f"final_int6_roundtrip val_loss:{rt_val.loss:.4f} val_bpb:{rt_val.bpb:.4f}")
-    log(f"artifact: {size['model_bytes']:,} bytes + code {size['code_bytes']:,} = {size['total_bytes']:,} "
-        f"(cap {size['cap_bytes']:,}: {'under' if size['under_cap'] else 'OVER'})")
-    meta = {"config": cfg.to_dict(), "env": environment_info(ctx.device), "steps": step,
-            "train_seconds": train_ms / 1000.0, "qat_enabled_at_end": CastedLinear.qat_enabled,
-            "final_ema": ema_val.summary(), "final_int6_roundtrip": rt_val.summary(), "size": size,
-            "history": history}
-    if ctx.is_main:
-        files.write_json(out / "meta.json", meta)
-        ck = out / CHECKPOINT
-        if ck.is_file():
-            ck.unlink()
+    tr.log(f"final_ema val_loss:{ema_val.loss:.4f} val_bpb:{ema_val.bpb:.4f}")
+    exported = quant.export(tr.out, tr.cfg, device=str(tr.ctx.device.type), log=tr.log)
+    meta = {"config": tr.cfg.to_dict(), "env": environment_info(tr.ctx.device), "backends": tr.backends,
+            "steps": st.step, "train_seconds": st.train_ms / 1000.0, "late_qat_step": st.qat_step,
+            "qat_enabled_at_end": st.qat_step is not None, "qat_trained": bool(tr.cfg.train.qat_trains),
+            "final_ema": ema_val.summary(), "int6_roundtrip": exported["int6_roundtrip"], "size": exported["size"],
+            "export": {k: exported[k] for k in ("settings", "artifact_sha256")}, "history": st.history}
+    if tr.ctx.is_main:
+        files.write_json(tr.out / "meta.json", meta)
+        (tr.out / CHECKPOINT).unlink(missing_ok=True)
+    tr.log.close()
     return meta
-
-
-def main(args) -> int:
-    from .config import from_env, load
-
-    cfg = load(args.profile, list(args.set or []), args.config)
-    env = from_env(os.environ)
-    if env:
-        cfg = cfg.with_overrides(env)
-        cfg = cfg.with_overrides(list(args.set or []))  # explicit --set wins over the environment
-    try:
-        train(cfg, args.out, resume=args.resume, device=args.device)
-    except KeyboardInterrupt:
-        print(f"interrupted: resume with the same command plus --resume (state in {Path(args.out) / CHECKPOINT})",
-              file=sys.stderr)
-        return 130
-    finally:
-        dist_utils.teardown()
-    return 0

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -40,11 +42,9 @@ import torch
 
 from dyneval import data, notebook
 
-params = notebook.check_parameters(dict(profile=profile, seed=seed, run_dir=run_dir, overrides=overrides,
-                                        data_root=data_root))
-run_dir, data_root = params["run_dir"], params["data_root"]  # relative paths resolve from the project root
-cfg = notebook.make_config(profile, seed, overrides, data_root)
-manifest = notebook.prepare_data(profile, data_root)
+run = notebook.setup(profile=profile, seed=seed, run_dir=run_dir, overrides=overrides, data_root=data_root)
+cfg = run.cfg  # relative paths resolve from the project root, in JupyterLab and papermill alike
+manifest = notebook.prepare_data(run.profile, run.data_root)
 
 # %% [markdown]
 # ## What is on disk

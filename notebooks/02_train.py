@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -36,18 +38,17 @@ data_root: str = "data"  # datasets/ and tokenizers/ live under it
 # %%
 from dyneval import notebook
 
-params = notebook.check_parameters(dict(profile=profile, seed=seed, run_dir=run_dir, overrides=overrides,
-                                        data_root=data_root))
-run_dir, data_root = params["run_dir"], params["data_root"]  # relative paths resolve from the project root
-cfg = notebook.make_config(profile, seed, overrides, data_root)
-print(f"{notebook.num_processes()} process(es); {cfg.train.iterations} steps of {cfg.train.train_batch_tokens:,} tokens")
-meta = notebook.train_stage(cfg, run_dir)
+run = notebook.setup(profile=profile, seed=seed, run_dir=run_dir, overrides=overrides, data_root=data_root)
+cfg = run.cfg  # relative paths resolve from the project root, in JupyterLab and papermill alike
+print(f"{notebook.num_processes(cfg)} process(es); {cfg.train.iterations} steps of {cfg.train.train_batch_tokens:,} tokens")
+meta = notebook.train_stage(cfg, run.run_dir)
 
 # %% [markdown]
 # ## Training curves
 # Train loss per step, and the non-overlapping validation bpb at the periodic evaluations. The final
-# weights are the EMA of every step's weights; late QAT switches int6 fake quantization on once the
-# learning-rate scale falls below 0.1 — and, as in the run, never off again.
+# weights are the EMA of every step's weights. Late QAT's flag is set once the learning-rate scale falls
+# below 0.1 and, as in the run, never cleared; as in the run's compiled training graph, the steps after
+# it do not fake-quantize (`train.qat_trains=1` makes them).
 
 # %%
 import matplotlib.pyplot as plt

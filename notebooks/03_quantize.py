@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -16,9 +18,13 @@
 #
 # The submission is code + `zstd -22` of `torch.save({"w", "m"})`: attention and MLP matrices as
 # per-row **int6** (fp16 scales), the token table as per-row **int8** with a 99.99984th-percentile
-# clip, tensors of at most 65,536 values passed through as fp16. Training wrote the artifact; here we
-# look at what it holds, check it against the 16,000,000-byte cap, and measure what the rounding costs.
-# Every later score is computed from these bytes.
+# clip, tensors of at most 65,536 values passed through as fp16. This notebook runs the export stage
+# on the trained run's `final_model.pt`: it writes the artifact, checks it against the 16,000,000-byte
+# cap, and measures what the rounding costs. Every later score is computed from these bytes.
+#
+# The three quantization parameters below are the run's by default (then the artifact is the one
+# training wrote, byte for byte, and the export is skipped); change them to re-quantize the run, e.g.
+# `clip_quantile=0.999` clips each int8 row harder, `bits=5` uses a coarser grid for the matrices.
 
 # %% tags=["parameters"]
 profile: str = "smoke"  # record, record_1gpu or smoke
@@ -26,20 +32,22 @@ seed: int = 42  # RNG seed of the run
 run_dir: str = "runs/notebook/seed42"  # where this seed's files go
 overrides: str = ""  # comma-separated config overrides (README: Overrides)
 data_root: str = "data"  # datasets/ and tokenizers/ live under it
+bits: int = 6  # bits of the per-row grid of attention and MLP matrices (the run: 6)
+clip_quantile: float = 0.9999984  # per-row clip of the int8 tensors (the run: 0.9999984)
+passthrough_max_numel: int = 65536  # tensors this small are stored as fp16 as they are (the run: 65536)
 
 # %%
 import json
 from collections import Counter
-from pathlib import Path
 
 from dyneval import notebook, quant
 
-params = notebook.check_parameters(dict(profile=profile, seed=seed, run_dir=run_dir, overrides=overrides,
-                                        data_root=data_root))
-run_dir, data_root = params["run_dir"], params["data_root"]  # relative paths resolve from the project root
-run = Path(run_dir)
-meta = json.loads((run / "meta.json").read_text())
-size = quant.size_report(run / "final_model.int6.ptz")
+run = notebook.setup(profile=profile, seed=seed, run_dir=run_dir, overrides=overrides, data_root=data_root,
+                     bits=bits, clip_quantile=clip_quantile, passthrough_max_numel=passthrough_max_numel)
+meta = json.loads((run.run_dir / "meta.json").read_text())  # what training's own export wrote
+settings = quant.QuantSettings(**run.extra)
+exported = notebook.export_stage(run.run_dir, settings)
+size = exported["size"]
 print(f"model {size['model_bytes']:,} + code {size['code_bytes']:,} = {size['total_bytes']:,} bytes "
       f"({'under' if size['under_cap'] else 'OVER'} the {size['cap_bytes']:,} cap, headroom {size['headroom_bytes']:,})")
 
@@ -48,7 +56,7 @@ print(f"model {size['model_bytes']:,} + code {size['code_bytes']:,} = {size['tot
 # The artifact is read with `weights_only=True`: it can hold tensors and plain containers, never code.
 
 # %%
-tensors, qmeta = quant.read_artifact(run / "final_model.int6.ptz")
+tensors, qmeta = quant.read_artifact(run.run_dir / quant.ARTIFACT)
 kinds = Counter(m if isinstance(m, str) else m["type"] for m in qmeta.values())
 print(dict(kinds))
 for name, m in list(qmeta.items())[:12]:
@@ -56,10 +64,14 @@ for name, m in list(qmeta.items())[:12]:
 
 # %% [markdown]
 # ## What the rounding costs
-# The EMA weights before export, and the same weights after int6/int8 and back, scored the same way
-# (non-overlapping windows, as the run's training log does).
+# The EMA weights before export, the artifact training wrote with the run's settings, and this
+# notebook's export, all scored the same way (non-overlapping windows, as the run's training log does;
+# before any adaptation).
 
 # %%
-e, r = meta["final_ema"], meta["final_int6_roundtrip"]
-print(f"before export: val_bpb {e['bpb']:.4f}   after int6 round trip: {r['bpb']:.4f}   "
-      f"(cost {r['bpb'] - e['bpb']:+.4f} bpb)")
+e, t, r = meta["final_ema"], meta["int6_roundtrip"], exported["int6_roundtrip"]
+print(f"before export:                        val_bpb {e['bpb']:.4f}")
+print(f"training's export (the run's settings): val_bpb {t['bpb']:.4f}  ({t['bpb'] - e['bpb']:+.4f})  "
+      f"{meta['size']['model_bytes']:,} bytes")
+print(f"this export {exported['settings']}: val_bpb {r['bpb']:.4f}  ({r['bpb'] - e['bpb']:+.4f})  "
+      f"{size['model_bytes']:,} bytes ({size['model_bytes'] - meta['size']['model_bytes']:+,})")

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -43,11 +45,10 @@ from IPython.display import Markdown, display
 
 from dyneval import notebook
 
-params = notebook.check_parameters(dict(profile=profile, seed=seed, run_dir=run_dir, overrides=overrides,
-                                        data_root=data_root))
-run_dir, data_root = params["run_dir"], params["data_root"]  # relative paths resolve from the project root
-results = notebook.evaluate_stage(run_dir, "all")
-display(Markdown((Path(run_dir) / "eval" / "ablation.md").read_text()))
+run = notebook.setup(profile=profile, seed=seed, run_dir=run_dir, overrides=overrides, data_root=data_root)
+run_dir = run.run_dir  # relative paths resolve from the project root, in JupyterLab and papermill alike
+results = notebook.evaluate_stage(run.cfg, run_dir, "all")
+display(Markdown((run_dir / "eval" / "ablation.md").read_text()))
 
 # %% [markdown]
 # ## Where the bits go along the stream
@@ -63,7 +64,7 @@ from dyneval import report
 
 fig, ax = plt.subplots(figsize=(7, 4))
 for v in report.FIGURE_VARIANTS:
-    p = Path(run_dir) / "eval" / f"{v}.npz"
+    p = run_dir / "eval" / f"{v}.npz"
     if p.is_file():
         s = report.ordered_stream(p)
         ax.plot(s["first_scored"] + s["num_scored"], np.cumsum(s["nats"]) / np.log(2) / np.cumsum(s["bytes"]),

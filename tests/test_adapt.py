@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from conftest import run_cli, torchrun
-from dyneval import ablation
+from dyneval import variants
+from dyneval.adapt import Quirks
 from dyneval.config import ModelConfig, RunConfig
+from dyneval.distributed import Ranks
 
 
 def fixture_config(fixture_dir, **eval_over) -> RunConfig:
@@ -25,13 +27,21 @@ def fixture_config(fixture_dir, **eval_over) -> RunConfig:
 def setup(fixture_dir):
     from dyneval import data
     cfg = fixture_config(fixture_dir)
-    ck = ablation.Checkpoint(cfg, fixture_dir / "final_model.int6.ptz", torch.device("cpu"))
+    ck = variants.Checkpoint(cfg, fixture_dir / "final_model.int6.ptz", torch.device("cpu"))
     lut = data.build_byte_lut(fixture_dir / "tokenizer.model", 1024)
     tokens = data.load_validation_tokens(str(fixture_dir / "fineweb_val_*.bin"), 128, 2049)
     return cfg, ck, lut, tokens
 
 
-LEGAL = [n for n, v in ablation.VARIANTS.items() if v.legal]
+LEGAL = [n for n, v in variants.VARIANTS.items() if v.legal]
+RANK_LOCAL = [n for n, v in variants.VARIANTS.items() if v.rank_local]
+
+
+def run_variant(name, ck, tokens, lut, virtual=None, quirks=Quirks()):
+    """One registry entry on fresh weights, as the evaluate stage runs it."""
+    v = variants.VARIANTS[name]
+    job = variants.job_for(v, ck.cfg, ck, tokens, lut, quirks, Ranks.current(virtual), {"expand_kv": False}, {})
+    return v.run(job)
 P = 1200  # the two streams agree on tokens 0..P
 
 
@@ -44,8 +54,8 @@ def _changed(tokens):
 
 def _compare(name, setup, fixture_dir):
     cfg, ck, lut, tokens = setup
-    a, _ = ablation.run_variant(name, ck, tokens, lut, ablation.Quirks(), None, str(fixture_dir))
-    b, _ = ablation.run_variant(name, ck, _changed(tokens), lut, ablation.Quirks(), None, str(fixture_dir))
+    a, _ = run_variant(name, ck, tokens, lut)
+    b, _ = run_variant(name, ck, _changed(tokens), lut)
     last_target_token = a.stream["first_scored"] + a.stream["num_scored"]  # target i is token i+1
     before = last_target_token <= P
     assert before.sum() >= 5 and (~before).sum() >= 5
@@ -62,27 +72,31 @@ def test_a_legal_variant_scores_tokens_before_p_identically_whatever_follows_p(n
 def test_pre_eval_ttt_fails_the_legality_test_and_is_marked_not_legal(setup, fixture_dir):
     a, b, before = _compare("pre_eval_ttt", setup, fixture_dir)
     assert not np.array_equal(a.stream["nats"][before], b.stream["nats"][before])
-    assert not ablation.VARIANTS["pre_eval_ttt"].legal and not ablation.VARIANTS["pre_eval_ttt+dynamic"].legal
+    assert not variants.VARIANTS["pre_eval_ttt"].legal and not variants.VARIANTS["pre_eval_ttt+dynamic"].legal
 
 
-@pytest.mark.parametrize("name", ["dynamic", "pre_eval_ttt", "score_first_ttt", "dynamic_tail"])
-def test_one_virtual_rank_equals_the_plain_run(name, setup, fixture_dir):
+@pytest.mark.parametrize("name", ["dynamic", "pre_eval_ttt", "score_first_ttt", "score_first_ttt+dynamic",
+                                  "dynamic_tail"])
+def test_one_virtual_rank_equals_the_plain_run_and_two_differ_for_a_rank_local_chain(name, setup, fixture_dir):
     cfg, ck, lut, tokens = setup
-    a, _ = ablation.run_variant(name, ck, tokens, lut, ablation.Quirks(), None, str(fixture_dir))
-    b, _ = ablation.run_variant(name, ck, tokens, lut, ablation.Quirks(), 1, str(fixture_dir))
+    a, _ = run_variant(name, ck, tokens, lut, None)
+    b, _ = run_variant(name, ck, tokens, lut, 1)  # one deep copy instead of the model itself
     assert np.array_equal(a.stream["nats"], b.stream["nats"]) and a.nats == b.nats
+    c, _ = run_variant(name, ck, tokens, lut, 2)
+    assert c.nats != a.nats  # two ranks are a different computation (else the comparison above proves little)
 
 
 def test_two_virtual_ranks_on_one_process_equal_a_real_two_process_gloo_run(fixture_dir, tmp_path):
     cfg = fixture_config(fixture_dir)
     (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
     common = ["evaluate", "--artifact", fixture_dir / "final_model.int6.ptz", "--config", tmp_path / "cfg.json",
-              "--variants", "dynamic,pre_eval_ttt+dynamic,score_first_ttt", "--device", "cpu"]
+              "--variants", ",".join(RANK_LOCAL), "--device", "cpu"]
     v = run_cli(*common, "--virtual-ranks", "2", "--out", tmp_path / "virtual")
     assert v.returncode == 0, v.stderr[-2000:]
     r = torchrun("-m", "dyneval", *common, "--out", tmp_path / "real", nproc=2)
     assert r.returncode == 0, r.stderr[-3000:]
-    for name in ("dynamic", "pre_eval_ttt+dynamic", "score_first_ttt"):
+    assert "score_first_ttt+dynamic" in RANK_LOCAL and len(RANK_LOCAL) == 9
+    for name in RANK_LOCAL:
         a = np.load(tmp_path / "virtual" / f"{name}.npz")
         b = np.load(tmp_path / "real" / f"{name}.npz")
         for k in a.files:
@@ -111,21 +125,23 @@ def test_an_unknown_variant_is_refused_with_the_list_of_variants(fixture_dir, tm
 
 
 def test_quirk_switches_are_named_and_checked():
-    assert ablation.parse_quirks("qat_on=0,rank_local=1") == ablation.Quirks(qat_on=False, rank_local=True)
+    assert variants.parse_quirks("qat_on=0,rank_local=1") == Quirks(qat_on=False, rank_local=True)
     with pytest.raises(ValueError, match="bf16"):
-        ablation.parse_quirks("bf16=0")
+        variants.parse_quirks("bf16=0")
 
 
 def test_low_rank_adapters_adapt_legally_and_leave_the_trained_weights_untouched(setup):
     from dyneval import adapt, evaluate
+    from dyneval.config import KrauseSettings, Scoring, TailSettings
     cfg, ck, lut, tokens = setup
-    kw = dict(seq_len=128, stride=32, batch_seqs=4, subset="lora", lora_rank=4)
-    base = evaluate.evaluate_sliding(ck.model(), tokens, lut, 128, 32, 4)
-    zero = adapt.adapt_dynamic_tail(ck.model(), tokens, lut, lr=0.0, **kw)
+    sc = Scoring(seq_len=128, stride=32, batch_seqs=4)
+    lora = lambda lr: TailSettings(lr=lr, subset="lora", lora_rank=4)  # noqa: E731
+    base = evaluate.evaluate_sliding(ck.model(), tokens, lut, sc)
+    zero = adapt.adapt_dynamic_tail(ck.model(), tokens, lut, sc, lora(0.0))
     assert np.array_equal(zero.stream["nats"], base.stream["nats"])  # B starts at zero: W + BA = W
     m = ck.model()
-    a = adapt.adapt_dynamic_tail(m, tokens, lut, lr=0.05, **kw)
-    b = adapt.adapt_dynamic_tail(ck.model(), _changed(tokens), lut, lr=0.05, **kw)
+    a = adapt.adapt_dynamic_tail(m, tokens, lut, sc, lora(0.05))
+    b = adapt.adapt_dynamic_tail(ck.model(), _changed(tokens), lut, sc, lora(0.05))
     before = a.stream["first_scored"] + a.stream["num_scored"] <= P
     assert np.array_equal(a.stream["nats"][before], b.stream["nats"][before])
     assert a.bpb != base.bpb
@@ -135,4 +151,50 @@ def test_low_rank_adapters_adapt_legally_and_leave_the_trained_weights_untouched
     original = m.blocks[0].mlp.fc.parametrizations.weight.original
     assert torch.equal(original, ck.state["blocks.0.mlp.fc.weight"])
     with pytest.raises(ValueError, match="Krause statistics do not cover low-rank adapters"):
-        adapt.adapt_dynamic_tail(ck.model(), tokens, lut, lr=1e-4, rms_stats={}, **kw)
+        adapt.adapt_dynamic_tail(ck.model(), tokens, lut, sc, KrauseSettings(lr=1e-4, decay=0.0, batches=1,
+                                                                             subset="lora"), rms_stats={})
+
+
+def test_evaluate_and_bench_eval_record_the_same_backend_settings(fixture_dir, tmp_path):
+    cfg = fixture_config(fixture_dir)
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    r = run_cli("evaluate", "--artifact", fixture_dir / "final_model.int6.ptz", "--config", tmp_path / "cfg.json",
+                "--variants", "sliding", "--device", "cpu", "--out", tmp_path / "o")
+    assert r.returncode == 0, r.stderr[-2000:]
+    recorded = json.loads((tmp_path / "o" / "results.json").read_text())["sliding"]["backends"]
+    b = run_cli("bench", "eval", "--config", tmp_path / "cfg.json", "--variants", "sliding", "--windows", "16",
+                "--device", "cpu")
+    assert b.returncode == 0, b.stderr[-2000:]
+    assert json.loads(b.stdout.splitlines()[-1])["backends"] == recorded == {"device": "cpu", "expand_kv": False}
+
+
+def test_evaluate_with_one_process_emulates_the_profiles_ranks_for_every_rank_local_variant(fixture_dir, tmp_path):
+    cfg = fixture_config(fixture_dir, **{"eval.ranks": 2})
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    common = ["evaluate", "--artifact", fixture_dir / "final_model.int6.ptz", "--config", tmp_path / "cfg.json",
+              "--variants", "sliding,dynamic,score_first_ttt+dynamic", "--device", "cpu"]
+    assert run_cli(*common, "--out", tmp_path / "default").returncode == 0
+    assert run_cli(*common, "--virtual-ranks", "2", "--out", tmp_path / "explicit").returncode == 0
+    a = json.loads((tmp_path / "default" / "results.json").read_text())
+    b = json.loads((tmp_path / "explicit" / "results.json").read_text())
+    for name in ("dynamic", "score_first_ttt+dynamic"):
+        assert a[name]["settings"]["virtual_ranks"] == 2 and a[name]["settings"]["real_ranks"] == 1
+        assert a[name]["bpb"] == b[name]["bpb"]
+    assert a["sliding"]["settings"]["virtual_ranks"] == 0  # no rank-local state: scored by the real ranks
+
+
+def test_results_of_another_artifact_are_never_merged_into_a_results_folder(fixture_dir, tmp_path):
+    import shutil
+    cfg = fixture_config(fixture_dir)
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    other = tmp_path / "other.ptz"
+    from dyneval import quant
+    state = torch.load(fixture_dir / "trained.pt", weights_only=True)
+    state["tok_emb.weight"] = state["tok_emb.weight"] * 0.5
+    quant.write_artifact(other, state)
+    common = ["evaluate", "--config", tmp_path / "cfg.json", "--variants", "sliding", "--device", "cpu",
+              "--out", tmp_path / "o"]
+    assert run_cli(*common, "--artifact", fixture_dir / "final_model.int6.ptz").returncode == 0
+    r = run_cli(*common, "--artifact", other)
+    assert r.returncode == 2 and "holds results of another artifact or config" in r.stderr
+    assert run_cli(*common, "--artifact", other, "--fresh").returncode == 0

@@ -40,12 +40,13 @@ def test_compiled_sliding_and_dynamic_eval_run_on_cuda_and_lr_zero_equals_slidin
     tokens = torch.randint(4, 1024, (4097,), device="cuda")
     lut = ByteLUT(torch.ones(1024, dtype=torch.long, device="cuda"), torch.zeros(1024, dtype=torch.bool, device="cuda"),
                   torch.zeros(1024, dtype=torch.bool, device="cuda"))
-    s = evaluate.evaluate_sliding(m, tokens, lut, 512, 64, 8, autocast=True, forward=evaluate.compiled(m, True))
-    d = adapt.adapt_dynamic(m, tokens, lut, seq_len=512, stride=64, batch_seqs=8, lr=0.0, adapt_every=4,
-                            autocast=True, compile=True)
+    from dyneval.config import DynamicSettings, Scoring, TailSettings
+    sc = Scoring(seq_len=512, stride=64, batch_seqs=8)
+    s = evaluate.evaluate_sliding(m, tokens, lut, sc, autocast=True, forward=evaluate.compiled(m, True))
+    d = adapt.adapt_dynamic(m, tokens, lut, sc, DynamicSettings(lr=0.0, adapt_every=4), autocast=True, compile=True)
     assert abs(s.bpb - d.bpb) < 1e-2  # train-mode vs eval-mode graphs fuse differently in bf16
-    t = adapt.adapt_dynamic_tail(m, tokens, lut, seq_len=512, stride=64, batch_seqs=8, lr=1e-3, autocast=True,
-                                 compile=True)
+    t = adapt.adapt_dynamic_tail(m, tokens, lut, sc, TailSettings(lr=1e-3, subset="all", lora_rank=8),
+                                 autocast=True, compile=True)
     assert torch.isfinite(torch.tensor(t.bpb))
 
 
@@ -62,3 +63,31 @@ def test_a_short_cuda_training_run_ends_with_an_artifact(tmp_path):
     h = meta["history"]["val"]
     assert h[-1]["val_bpb"] < h[0]["val_bpb"] and (tmp_path / "run" / "final_model.int6.ptz").is_file()
     assert meta["env"]["gpus"]
+
+
+def test_evaluate_and_bench_eval_record_the_same_cuda_backend_settings(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from conftest import REPO
+    from dyneval import corpus, quant
+    from dyneval.config import preset
+    from dyneval.model import GPT
+    corpus.build_embedded(tmp_path / "data", log=lambda *_: None)
+    cfg = preset("smoke").with_overrides({
+        "train.data_path": str(tmp_path / "data" / "datasets" / "embedded_sp1024"),
+        "train.tokenizer_path": str(tmp_path / "data" / "tokenizers" / "embedded_1024_bpe.model"),
+        "train.cudnn_attention": True})
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    torch.manual_seed(0)
+    quant.write_artifact(tmp_path / "a.ptz", GPT(cfg.model).state_dict())
+    run = lambda *a: subprocess.run([sys.executable, "-m", "dyneval", *map(str, a)], capture_output=True,  # noqa
+                                    text=True, cwd=REPO, timeout=600)
+    e = run("evaluate", "--artifact", tmp_path / "a.ptz", "--config", tmp_path / "cfg.json", "--variants", "sliding",
+            "--out", tmp_path / "o")
+    assert e.returncode == 0, e.stderr[-2000:]
+    b = run("bench", "eval", "--config", tmp_path / "cfg.json", "--variants", "sliding", "--windows", "64")
+    assert b.returncode == 0, b.stderr[-2000:]
+    recorded = json.loads((tmp_path / "o" / "results.json").read_text())["sliding"]["backends"]
+    assert json.loads(b.stdout.splitlines()[-1])["backends"] == recorded
+    assert recorded["sdpa_cudnn"] and recorded["expand_kv"] and recorded["tf32"]

@@ -37,10 +37,10 @@ def test_each_notebook_has_one_parameters_cell_of_plain_typed_values(path):
     params = papermill.inspect_notebook(str(path))
     tagged = [c for c in json.loads(path.read_text())["cells"] if "parameters" in c["metadata"].get("tags", [])]
     assert len(tagged) == 1
-    assert all(p["inferred_type_name"] in ("str", "int") and p["help"] for p in params.values()), params
+    assert all(p["inferred_type_name"] in ("str", "int", "float") and p["help"] for p in params.values()), params
     if path.stem != "05_report":
-        from dyneval.notebook import PARAMETERS
-        assert set(params) == set(PARAMETERS)
+        from dyneval.notebook import EXPORT_PARAMETERS, PARAMETERS
+        assert set(params) == set(PARAMETERS) | (set(EXPORT_PARAMETERS) if path.stem == "03_quantize" else set())
 
 
 def test_unknown_or_mistyped_notebook_parameters_are_refused():
@@ -82,3 +82,40 @@ def test_smoke_reproduction_through_papermill_survives_a_failed_seed_and_reports
     again = reproduce("smoke", [42, 7], out, QUICK, {7: ["train.iterations=abc"]}, figs, timeout=900,
                       data_root=str(corpus_root), log=lambda *_: None)
     assert again["skipped"] == [42] and list(again["failed"]) == [7]
+
+
+def _tiny_session_config(corpus_root, seed=42):
+    from dyneval import notebook
+    return notebook.make_config("smoke", seed, ", ".join(QUICK), str(corpus_root))
+
+
+def test_a_notebook_stage_trains_its_own_config_whatever_the_kernel_environment_says(corpus_root, tmp_path,
+                                                                                       monkeypatch):
+    from dyneval import notebook
+    monkeypatch.setenv("SEED", "5")
+    monkeypatch.setenv("DATA_PATH", "/nowhere")
+    cfg = _tiny_session_config(corpus_root)
+    meta = notebook.train_stage(cfg, tmp_path / "run", log=lambda *_: None)
+    assert meta["config"] == cfg.to_dict() and meta["config"]["train"]["seed"] == 42
+    said = []
+    again = notebook.train_stage(cfg, tmp_path / "run", log=said.append)
+    assert again == meta and any("training skipped" in s for s in said)
+
+
+def test_notebook_03_requantizes_a_run_with_other_settings_and_shows_the_change(corpus_root, tmp_path):
+    import papermill
+    from dyneval import notebook
+    cfg = _tiny_session_config(corpus_root)
+    run = tmp_path / "run"
+    meta = notebook.train_stage(cfg, run, log=lambda *_: None)
+    params = {"profile": "smoke", "seed": 42, "run_dir": str(run), "overrides": ", ".join(QUICK),
+              "data_root": str(corpus_root), "clip_quantile": 0.99, "bits": 5}
+    out = tmp_path / "03.ipynb"
+    papermill.execute_notebook(str(REPO / "notebooks" / "03_quantize.ipynb"), str(out), parameters=params,
+                               kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
+    exported = json.loads((run / "export.json").read_text())
+    assert exported["settings"] == {"bits": 5, "clip_quantile": 0.99, "passthrough_max_numel": 65536}
+    assert exported["size"]["model_bytes"] < meta["size"]["model_bytes"]  # a coarser grid compresses better
+    assert exported["int6_roundtrip"]["bpb"] != meta["int6_roundtrip"]["bpb"]
+    text = out.read_text()
+    assert "this export" in text and "training's export (the run's settings)" in text

@@ -56,6 +56,16 @@ def test_parity_command_runs_a_fixture_with_other_shape_settings(fixture_dir, tm
     assert w.returncode == 0, w.stderr
     exp = json.loads((fx / "expected.json").read_text())
     assert "lm_head.weight" in exp["params_after_3_steps"] and "bigram.embed.weight" not in exp["quant_meta"]
+    # What --write wrote, checked against rules computed here, not by the library:
+    import numpy as np
+    header = np.fromfile(fx / "fineweb_val_000000.bin", dtype="<i4", count=256)
+    L = s["seq_len"]
+    assert exp["val_tokens_used"] == (int(header[2]) - 1) // L * L + 1  # trimmed to a multiple of L, plus one
+    state = torch.load(fx / "trained.pt", weights_only=True)
+    for name, t in state.items():  # SPEC.md 'Export': small tensors pass through, big tables int8, matrices int6
+        kind = "passthrough" if t.numel() <= 65_536 else ("int8" if "tok_emb" in name or "lm_head" in name else "int6")
+        assert exp["quant_meta"][name] == kind, name
+    assert exp["eval_val_sliding"][0] < exp["eval_val"][0]  # every sliding target sees more context
     ok = run_cli("parity", fx)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     exp["eval_val_sliding_dynamic"][1] += 5e-4  # outside the 2e-4 tolerance

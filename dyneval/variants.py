@@ -1,0 +1,362 @@
+"""The evaluate stage: the registry of scoring and adaptation variants, and the run over one artifact.
+
+Owns what `python -m dyneval evaluate` does (torchrun-capable): every variant is one `Variant`
+record -- its legality under the challenge's rule and why, whether it is one of the run's own passes
+(whose quirks then apply unless switched off), whether it adapts per rank, and the function that
+runs it -- so a new variant is one entry plus its function. Every variant starts from fresh weights
+dequantized from the int6 artifact (every score is a score of the bytes that would be submitted).
+Outputs: `results.json` (rewritten atomically after each variant, so nothing computed is lost), one
+per-window stream `<variant>.npz` each, `doc_starts.npy`, and the tables (`report.write_run_tables`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import adapt, data, distributed as dist_utils, files, quant
+from .adapt import Quirks
+from .config import RunConfig
+from .distributed import Ranks
+from .evaluate import EvalResult, compiled, evaluate_nonoverlap, evaluate_sliding
+from .model import GPT, apply_dtype_policy, configure_backends, load_weights, set_numerics
+
+LEGAL = "scores every token before any update uses it"
+NOT_LEGAL_TTT = "trains on validation tokens before scoring them (pre-eval TTT)"
+NO_ADAPTATION = "no adaptation"
+
+
+def RUN_OVERRIDABLE(field: str) -> bool:
+    """Fields an override may change when a run folder's meta.json is the config: how it is evaluated
+    and where its data lives, never the model or the training that produced the artifact."""
+    return field.startswith("eval.") or field in ("train.data_path", "train.tokenizer_path")
+
+
+class Checkpoint:
+    """The dequantized artifact, ready to give every variant a fresh model."""
+
+    def __init__(self, cfg: RunConfig, artifact: Path, device: torch.device):
+        self.cfg, self.artifact, self.device = cfg, Path(artifact), device
+        torch.manual_seed(0)  # the template's init values are overwritten; the seed keeps it cheap to reason about
+        template = GPT(cfg.model).state_dict()
+        self.state = quant.load_artifact(artifact, template)
+        self.sha256 = hashlib.sha256(self.artifact.read_bytes()).hexdigest()
+
+    @classmethod
+    def from_state(cls, cfg: RunConfig, state: dict, device: torch.device) -> "Checkpoint":
+        """Weights given directly (benchmarks on a random model), not read from an artifact."""
+        ck = cls.__new__(cls)
+        ck.cfg, ck.artifact, ck.device, ck.state, ck.sha256 = cfg, Path("<in memory>"), device, state, ""
+        return ck
+
+    def model(self, bf16_tables: bool = True) -> GPT:
+        m = GPT(self.cfg.model).to(self.device)
+        if self.device.type == "cuda":
+            apply_dtype_policy(m, bf16_tables=bf16_tables)
+        return load_weights(m, self.state, str(self.artifact))
+
+
+@dataclass
+class Job:
+    """What a variant's function needs: the checkpoint, the stream, and the settings it runs under."""
+
+    cfg: RunConfig
+    checkpoint: Checkpoint
+    tokens: torch.Tensor
+    lut: data.ByteLUT
+    quirks: Quirks  # the quirks in force for this variant (all off for variants that are not the run's)
+    ranks: Ranks  # real x virtual ranks for this variant
+    backends: dict  # configure_backends' record: expand_kv etc.
+    data_path: str
+    cache: dict = field(default_factory=dict)  # shared across the variants of one evaluate call
+
+    @property
+    def cuda(self) -> bool:
+        return self.checkpoint.device.type == "cuda"
+
+    @property
+    def compile(self) -> bool:
+        return self.cuda and self.cfg.eval.compile
+
+    def model(self, qat: bool | None = None) -> GPT:
+        """Fresh weights from the artifact, with this variant's dtype policy and numerics switches."""
+        m = self.checkpoint.model(bf16_tables=self.quirks.bf16_tables)
+        return set_numerics(m, qat=self.quirks.qat_on if qat is None else qat, expand_kv=self.backends["expand_kv"])
+
+
+# ----------------------------------------------------------------------------------------------
+# The variants' functions: each returns its result and the settings it ran with.
+
+def run_nonoverlap(job: Job) -> tuple[EvalResult, dict]:
+    e, m = job.cfg.eval, job.model()
+    res = evaluate_nonoverlap(m, job.tokens, job.lut, e.eval_seq_len, e.eval_batch_seqs, job.ranks.real(),
+                              autocast=job.cuda, forward=compiled(m, job.compile))
+    return res, {}
+
+
+def run_sliding(job: Job) -> tuple[EvalResult, dict]:
+    m = job.model()
+    res = evaluate_sliding(m, job.tokens, job.lut, job.cfg.eval.scoring, job.ranks.real(), autocast=job.cuda,
+                           forward=compiled(m, job.compile))
+    return res, {}
+
+
+def pre_eval_ttt_model(job: Job) -> tuple[GPT, float]:
+    """The run's pre-eval TTT on fresh weights, computed once per evaluate call and shared by the three
+    variants that score after it (each gets its own copy; TTT is deterministic, so the numbers are
+    those of three separate runs, as the run itself did it twice)."""
+    key = ("pre_eval_ttt", job.quirks, job.ranks)
+    if key not in job.cache:
+        m = job.model()
+        seconds = adapt.pre_eval_ttt(m, job.tokens, job.cfg.eval.eval_seq_len, job.cfg.eval.ttt, job.ranks,
+                                     autocast=job.cuda)
+        job.cache[key] = (m, seconds)
+    m, seconds = job.cache[key]
+    return copy.deepcopy(m), seconds
+
+
+def after_pre_eval_ttt(score: Callable[[Job, GPT], EvalResult]):
+    """A variant that scores with `score` after the run's pre-eval TTT (its seconds included)."""
+    def run(job: Job) -> tuple[EvalResult, dict]:
+        m, ttt_s = pre_eval_ttt_model(job)
+        res = score(job, m)
+        res.seconds += ttt_s
+        return res, {"ttt": asdict(job.cfg.eval.ttt)}
+    return run
+
+
+def _sliding_after_ttt(job: Job, m: GPT) -> EvalResult:
+    return evaluate_sliding(m, job.tokens, job.lut, job.cfg.eval.scoring, job.ranks.real(), autocast=job.cuda)
+
+
+def _nonoverlap_after_ttt(job: Job, m: GPT) -> EvalResult:
+    e = job.cfg.eval
+    return evaluate_nonoverlap(m, job.tokens, job.lut, e.eval_seq_len, e.eval_batch_seqs, job.ranks.real(),
+                               autocast=job.cuda)
+
+
+def _dynamic_after_ttt(job: Job, m: GPT) -> EvalResult:
+    return adapt.adapt_dynamic(m, job.tokens, job.lut, job.cfg.eval.scoring, job.cfg.eval.dynamic, job.ranks,
+                               autocast=job.cuda, compile=job.compile, name="pre_eval_ttt+dynamic")
+
+
+def run_dynamic(job: Job) -> tuple[EvalResult, dict]:
+    res = adapt.adapt_dynamic(job.model(), job.tokens, job.lut, job.cfg.eval.scoring, job.cfg.eval.dynamic,
+                              job.ranks, autocast=job.cuda, compile=job.compile)
+    return res, {"dynamic": asdict(job.cfg.eval.dynamic)}
+
+
+def score_first(with_dynamic: bool):
+    def run(job: Job) -> tuple[EvalResult, dict]:
+        e = job.cfg.eval
+        name = "score_first_ttt+dynamic" if with_dynamic else "score_first_ttt"
+        res = adapt.score_first_ttt(job.model(), job.tokens, job.lut, e.scoring, e.score_first, job.ranks,
+                                    dynamic=e.dynamic if with_dynamic else None, autocast=job.cuda, name=name)
+        settings = {"score_first_ttt": asdict(e.score_first)}
+        if with_dynamic:
+            settings["dynamic"] = asdict(e.dynamic)
+        return res, settings
+    return run
+
+
+def tail(subset: str | None = None, name: str = "dynamic_tail"):
+    """The improved dynamic eval with plain SGD; `subset` overrides `eval.tail_subset`."""
+    def run(job: Job) -> tuple[EvalResult, dict]:
+        settings = job.cfg.eval.tail
+        if subset:
+            settings = dataclasses.replace(settings, subset=subset)
+        res = adapt.adapt_dynamic_tail(job.model(), job.tokens, job.lut, job.cfg.eval.scoring, settings, job.ranks,
+                                       autocast=job.cuda, compile=job.compile, name=name)
+        return res, {"tail": asdict(settings)}
+    return run
+
+
+def run_krause(job: Job) -> tuple[EvalResult, dict]:
+    """dynamic_tail with Krause's update; its gradient statistics come from training batches only."""
+    k = job.cfg.eval.krause
+    t0 = time.perf_counter()
+    batches = train_batches(job.cfg, job.data_path, k.batches, job.checkpoint.device)
+    stats = adapt.gradient_rms(job.model(qat=False), batches, job.cuda)
+    stats_s = time.perf_counter() - t0
+    res = adapt.adapt_dynamic_tail(job.model(), job.tokens, job.lut, job.cfg.eval.scoring, k, job.ranks,
+                                   rms_stats=stats, autocast=job.cuda, compile=job.compile, name="dynamic_krause")
+    res.seconds += stats_s
+    return res, {"krause": asdict(k)}
+
+
+def train_batches(cfg: RunConfig, data_path: str, num: int, device) -> list:
+    """The first `num` batches of the training stream (for gradient statistics; training data only)."""
+    loader = data.DistributedTokenLoader(data.train_pattern(data_path), 0, 1, device)
+    seqs = max(1, cfg.eval.eval_batch_seqs // 2)
+    return [loader.next_batch(seqs * cfg.eval.eval_seq_len, cfg.eval.eval_seq_len) for _ in range(num)]
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    legal: bool
+    reason: str  # why it is (not) legal
+    faithful: bool  # one of the run's own passes: its quirks apply unless switched off
+    rank_local: bool  # adapts per rank or averages over ranks: its number depends on the rank count
+    description: str
+    run: Callable[[Job], tuple[EvalResult, dict]]
+
+
+VARIANTS = {v.name: v for v in [
+    Variant("nonoverlap", True, NO_ADAPTATION, False, False,
+            "non-overlapping L-token sequences (the run's eval_val)", run_nonoverlap),
+    Variant("sliding", True, NO_ADAPTATION, False, False,
+            "sliding windows, stride S (the baseline of every delta)", run_sliding),
+    Variant("pre_eval_ttt", False, NOT_LEGAL_TTT, True, True,
+            "the run's pre-eval TTT, then sliding windows", after_pre_eval_ttt(_sliding_after_ttt)),
+    Variant("pre_eval_ttt+nonoverlap", False, NOT_LEGAL_TTT, True, True,
+            "the run's pre-eval TTT, then non-overlapping eval (the run's first published number)",
+            after_pre_eval_ttt(_nonoverlap_after_ttt)),
+    Variant("pre_eval_ttt+dynamic", False, NOT_LEGAL_TTT, True, True,
+            "the run's headline: pre-eval TTT, then its dynamic eval", after_pre_eval_ttt(_dynamic_after_ttt)),
+    Variant("dynamic", True, LEGAL, True, True,
+            "the run's dynamic eval (one window per 4 batches, train mode)", run_dynamic),
+    Variant("score_first_ttt", True, LEGAL, False, True,
+            "the merged records' score-first TTT (chunks, 3 epochs)", score_first(with_dynamic=False)),
+    Variant("score_first_ttt+dynamic", True, LEGAL, False, True,
+            "score-first TTT with the run's dynamic-eval step while scoring (the run's quirks off, as for TTT)",
+            score_first(with_dynamic=True)),
+    Variant("dynamic_tail", True, LEGAL, False, True,
+            "improved: a step after every batch on all its scored targets, fp32 master weights, no fake quant",
+            tail()),
+    Variant("dynamic_tail_mlp", True, LEGAL, False, True,
+            "dynamic_tail restricted to the MLP weights", tail("mlp", "dynamic_tail_mlp")),
+    Variant("dynamic_krause", True, LEGAL, False, True,
+            "dynamic_tail with Krause's RMS-normalised update and decay toward the trained weights", run_krause),
+]}
+DEFAULT_ORDER = list(VARIANTS)
+NOT_THE_RUNS = Quirks(qat_on=False, bf16_tables=False, rank_local=True)  # quirks for variants that are not the run's
+
+
+def parse_variants(text: str) -> list[str]:
+    names = DEFAULT_ORDER if text.strip() == "all" else [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise ValueError(f"--variants {text!r} names no variant: choose from {', '.join(DEFAULT_ORDER)} or `all`")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}: choose from {', '.join(DEFAULT_ORDER)} or `all`")
+    return names
+
+
+def parse_quirks(text: str) -> Quirks:
+    """`qat_on=0,bf16_tables=1,rank_local=0` -> Quirks (unnamed switches stay faithful)."""
+    fields = {f for f in Quirks.__dataclass_fields__}
+    kw = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, _, val = item.partition("=")
+        if key not in fields or val not in ("0", "1", "true", "false"):
+            raise ValueError(f"--quirks {item!r}: expected NAME=0|1 with NAME one of {sorted(fields)}")
+        kw[key] = val in ("1", "true")
+    return Quirks(**kw)
+
+
+def default_ranks(cfg: RunConfig, virtual_ranks: int | None) -> Ranks:
+    """Ranks for the rank-local variants: `--virtual-ranks` when given; else, when fewer processes run
+    than the profile's `eval.ranks`, that many virtual ranks (the run's 8 GPUs on one)."""
+    if virtual_ranks is not None:
+        return Ranks.current(virtual_ranks)
+    world = dist_utils.world_size()
+    return Ranks.current(cfg.eval.ranks if world < cfg.eval.ranks else None)
+
+
+def job_for(variant: Variant, cfg: RunConfig, ck: Checkpoint, tokens, lut, quirks: Quirks, ranks: Ranks,
+            backends: dict, cache: dict) -> Job:
+    """The settings `variant` runs under: the run's quirks for its own passes, none for the others."""
+    q = quirks if variant.faithful else NOT_THE_RUNS
+    r = ranks if variant.rank_local else ranks.real()
+    if variant.rank_local and not q.rank_local:  # quirk off: one rank, one chain over the whole stream
+        r = Ranks.current(1)
+    return Job(cfg, ck, tokens, lut, q, r, backends, cfg.train.data_path, cache)
+
+
+def _same_origin(entry: dict, sha: str, cfg: RunConfig) -> bool:
+    return entry.get("artifact_sha256") == sha and entry.get("eval_config") == asdict(cfg.eval) \
+        and entry.get("model_config") == asdict(cfg.model)
+
+
+def load_results(path: Path, sha: str, cfg: RunConfig, fresh: bool) -> dict:
+    """Earlier results in `path`, kept only when they scored the same artifact under the same config.
+
+    Anything else is refused (Δs across two models in one table would be meaningless), unless
+    `fresh`, which starts the folder's results over.
+    """
+    if fresh or not path.is_file():
+        return {}
+    results = json.loads(path.read_text())
+    other = [n for n, r in results.items() if not _same_origin(r, sha, cfg)]
+    if other:
+        raise ValueError(f"{path}: holds results of another artifact or config ({other[0]}, ...): "
+                         f"use another --out, or --fresh to start its results over")
+    return results
+
+
+def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: list[str], quirks: Quirks = Quirks(),
+                        virtual_ranks: int | None = None, device: str | None = None, fresh: bool = False,
+                        log=print) -> dict:
+    """Run `variants` on the artifact; write results.json, streams and tables into `out`; return results."""
+    from .report import write_run_tables
+
+    ctx = dist_utils.setup(device)
+    backends = configure_backends(cfg, ctx.device)
+    e = cfg.eval
+    lut = data.build_byte_lut(cfg.train.tokenizer_path, cfg.model.vocab_size).to(ctx.device)
+    tokens = data.load_validation_tokens(data.val_pattern(cfg.train.data_path), e.eval_seq_len, e.max_val_tokens)
+    tokens = tokens.to(ctx.device)
+    ck = Checkpoint(cfg, Path(artifact), ctx.device)
+    ranks = default_ranks(cfg, virtual_ranks)
+    out = Path(out)
+    results_path = out / "results.json"
+    results = load_results(results_path, ck.sha256, cfg, fresh)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        # document boundaries (target index of each BOS), for per-document figures
+        bos = torch.nonzero(tokens[1:] == data.BOS_ID).flatten().cpu().numpy()
+        with files.atomic_open(out / "doc_starts.npy") as f:
+            np.save(f, np.unique(np.concatenate([[0], bos])).astype(np.int64))
+    cache: dict = {}
+    for name in variants:
+        v = VARIANTS[name]
+        job = job_for(v, cfg, ck, tokens, lut, quirks, ranks, backends, cache)
+        try:
+            res, settings = v.run(job)
+        except adapt.DivergedError as err:
+            results[name] = {"legal": v.legal, "legal_reason": v.reason, "error": str(err)}
+            if ctx.is_main:
+                files.write_json(results_path, results)
+                write_run_tables(results, out)
+            raise
+        if not math.isfinite(res.bpb):
+            raise FloatingPointError(f"{name}: bpb is {res.bpb} on {artifact}: the weights or the adaptation "
+                                     f"produced non-finite scores")
+        settings = {"quirks": asdict(job.quirks), **job.ranks.describe(), **settings,
+                    "scoring": asdict(e.scoring)}
+        results[name] = {**res.summary(), "legal": v.legal, "legal_reason": v.reason, "description": v.description,
+                         "faithful": v.faithful, "rank_local": v.rank_local, "settings": settings,
+                         "backends": backends, "artifact": str(artifact), "artifact_sha256": ck.sha256,
+                         "eval_config": asdict(e), "model_config": asdict(cfg.model), "world_size": ctx.world_size,
+                         "device": str(ctx.device)}
+        if ctx.is_main:
+            res.save_stream(out / f"{name}.npz")
+            files.write_json(results_path, results)
+            write_run_tables(results, out)
+            log(f"{name:<26} bpb {res.bpb:.5f} loss {res.loss:.5f} ({res.seconds:.1f} s) "
+                f"{'legal' if v.legal else 'NOT LEGAL'}")
+    return results
