@@ -23,11 +23,7 @@ from pathlib import Path
 USER_ERRORS = (ValueError, FileNotFoundError, ConnectionError, FloatingPointError)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dyneval", description=__doc__.splitlines()[0])
-    p.add_argument("--debug", action="store_true", help="show tracebacks of bad-input errors too")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def add_data_command(sub) -> None:
     d = sub.add_parser("data", help="make or fetch a dataset in the challenge's layout")
     dsub = d.add_subparsers(dest="source", required=True)
     e = dsub.add_parser("embedded", help="the embedded default corpus (CPython's documentation text)")
@@ -41,16 +37,25 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--tokenizer-path", help="with --data-path: the tokenizer of that copy")
     f.add_argument("--env", action="store_true", help="take DATA_PATH / TOKENIZER_PATH from the environment")
 
-    def config_args(q, run_dir: bool = False):
-        src = q.add_mutually_exclusive_group()
-        src.add_argument("--profile", help="record, record_1gpu or smoke (default smoke)")
-        src.add_argument("--config", help="a resolved config JSON (e.g. a run's config.json) instead of a profile")
-        if run_dir:
-            src.add_argument("--run-dir", help="a finished training run: its meta.json config and its artifact")
-        q.add_argument("--env", action="store_true",
-                       help="apply the record script's environment variables (NUM_LAYERS, SEED, DATA_PATH, ...)")
-        q.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a config field (repeatable)")
-        q.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+
+def config_args(q, run_dir: bool = False) -> None:
+    """The options every command that resolves a config takes (config.resolve)."""
+    src = q.add_mutually_exclusive_group()
+    src.add_argument("--profile", help="record, record_1gpu or smoke (default smoke)")
+    src.add_argument("--config", help="a resolved config JSON (e.g. a run's config.json) instead of a profile")
+    if run_dir:
+        src.add_argument("--run-dir", help="a finished training run: its meta.json config and its artifact")
+    q.add_argument("--env", action="store_true",
+                   help="apply the record script's environment variables (NUM_LAYERS, SEED, DATA_PATH, ...)")
+    q.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a config field (repeatable)")
+    q.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dyneval", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks of bad-input errors too")
+    sub = p.add_subparsers(dest="command", required=True)
+    add_data_command(sub)
 
     t = sub.add_parser("train", help="train (also under torchrun)")
     config_args(t)
@@ -185,9 +190,12 @@ def cmd_evaluate(args) -> int:
     cfg = resolved(args).config
     artifact = Path(args.run_dir) / "final_model.int6.ptz" if args.run_dir else Path(args.artifact)
     variants, quirks = parse_variants(args.variants), parse_quirks(args.quirks or "")
+    qat_flag_set = True
+    if args.run_dir:
+        qat_flag_set = json.loads((Path(args.run_dir) / "meta.json").read_text()).get("qat_enabled_at_end", True)
     try:
         evaluate_checkpoint(cfg, artifact, Path(args.out), variants, quirks, args.virtual_ranks, args.device,
-                            fresh=args.fresh)
+                            fresh=args.fresh, qat_flag_set=qat_flag_set)
     finally:
         distributed.teardown()
     return 0

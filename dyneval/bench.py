@@ -40,8 +40,8 @@ def bench_train(cfg, steps: int, device: str | None) -> dict:
     cuda = ctx.device.type == "cuda"
     backends = configure_backends(cfg, ctx.device)
     base = set_numerics(build_model(cfg, ctx.device), expand_kv=backends["expand_kv"])
-    opts = build_optimizers(base, cfg.optim, cfg.model.tie_embeddings)
-    model = torch.compile(base, dynamic=False) if (cuda and tc.compile) else base
+    opts = build_optimizers(base, cfg.optim, cfg.model.tie_embeddings, compile_ns=cuda and tc.compile)
+    model = torch.compile(base, dynamic=False, fullgraph=True) if (cuda and tc.compile) else base
     if ctx.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[ctx.local_rank] if cuda else None, broadcast_buffers=False)

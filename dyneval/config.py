@@ -110,7 +110,7 @@ class TrainConfig:
     warmup_steps: int = 20  # compile-priming steps, then weights and optimizer states are restored
     ema_decay: float = 0.997  # EMA decay per step (0: no EMA)
     late_qat_threshold: float = 0.1  # switch on int6 fake quantization once the lr scale drops below this (0: never)
-    qat_trains: bool = True  # late QAT really fake-quantizes training steps (the run's compiled graph never did)
+    qat_trains: bool = False  # late QAT really fake-quantizes training steps (the run's compiled graph never did)
     val_loss_every: int = 4000  # periodic validation (0: only at step 0 and at the end)
     val_batch_size_tokens: int = 524_288  # tokens per validation batch, all ranks together
     train_log_every: int = 200  # log a train_loss line every N steps
@@ -214,6 +214,7 @@ class EvalConfig:
     krause_batches: int = 4  # training batches for the gradient RMS statistics
     max_val_tokens: int = 0  # cap validation tokens (0: all)
     compile: bool = True  # compile the scoring forward on CUDA (ignored on the CPU)
+    compile_dynamic: bool = False  # compile the run's dynamic eval too (the run scored it eagerly; bf16 rounding differs)
     ranks: int = 8  # ranks the run's rank-local adaptation is reproduced with (fewer processes: virtual ranks)
 
     def __post_init__(self):
@@ -461,10 +462,9 @@ def resolve(profile: str | None = "smoke", *, config_file: str | None = None, ru
         cfg, origin = preset(profile), f"profile {profile}"
     defaults = _flat(RunConfig())
     sources = {k: origin for k, v in _flat(cfg).items() if defaults.get(k) != v}
-    env = {}
+    env, names = {}, {}
     if environ is not None:
-        names = {target: name for name, target in ENV_NAMES.items()}
-        env = from_env(environ)
+        env = from_env(environ, names)
         sources.update({k: f"env {names[k]}" for k in env})
     sets = dict(_split(o) for o in overrides)
     if run_dir and run_overridable:
@@ -496,7 +496,7 @@ ENV_NAMES = {
     "ITERATIONS": "train.iterations", "TRAIN_BATCH_TOKENS": "train.train_batch_tokens",
     "TRAIN_SEQ_LEN": "train.train_seq_len", "MAX_WALLCLOCK_SECONDS": "train.max_wallclock_seconds",
     "WARMDOWN_ITERS": "train.warmdown_iters", "WARMUP_STEPS": "train.warmup_steps",
-    "EMA_DECAY": "train.ema_decay", "LATE_QAT_THRESHOLD": "train.late_qat_threshold",
+    "EMA_DECAY": "train.ema_decay", "QAT_THRESHOLD": "train.late_qat_threshold",
     "VAL_LOSS_EVERY": "train.val_loss_every", "VAL_BATCH_SIZE": "train.val_batch_size_tokens",
     "TRAIN_LOG_EVERY": "train.train_log_every",
     "VOCAB_SIZE": "model.vocab_size", "NUM_LAYERS": "model.num_layers", "MODEL_DIM": "model.model_dim",
@@ -519,6 +519,46 @@ ENV_NAMES = {
 }
 
 
-def from_env(environ: typing.Mapping[str, str]) -> dict[str, str]:
-    """The run's environment variables that are set, as `section.field -> value` overrides."""
-    return {target: environ[name] for name, target in ENV_NAMES.items() if name in environ}
+# The run's on/off switches, as the overrides that reproduce what switching them does.
+ENV_SWITCHES = {
+    # late QAT off: the flag is never set
+    "LATE_QAT": lambda on: {} if on else {"train.late_qat_threshold": "0"},
+    # QAT from the first step: the flag is set before compilation, so in the run it did train
+    "QAT_ENABLED": lambda on: {"train.late_qat_threshold": "2", "train.qat_trains": "1"} if on else {},
+    "EMA_ENABLED": lambda on: {} if on else {"train.ema_decay": "0"},
+    # no TTT: zero epochs leave the weights as loaded, so the run's passes after it score them as they are
+    "TTT_ENABLED": lambda on: {} if on else {"eval.ttt_epochs": "0"},
+    # no dynamic eval: lr 0 makes it the sliding eval exactly (a tested invariant)
+    "DYNEVAL_ENABLED": lambda on: {} if on else {"eval.dyneval_lr": "0"},
+}
+NOT_REPRODUCED = {"SWA_ENABLED": "the run's SWA (off in its published runs) is not part of this bundle"}
+
+
+def from_env(environ: typing.Mapping[str, str], origins: dict | None = None) -> dict[str, str]:
+    """The run's environment variables that are set, as `section.field -> value` overrides.
+
+    Value names map one to one (ENV_NAMES); the on/off switches map to the overrides that do what
+    they did (ENV_SWITCHES); a switch this bundle does not reproduce is refused when on. `origins`,
+    when given, receives the variable each override came from.
+    """
+    out, origins = {}, origins if origins is not None else {}
+    for name, target in ENV_NAMES.items():
+        if name in environ:
+            out[target], origins[target] = environ[name], name
+    for name, overrides in ENV_SWITCHES.items():
+        if name in environ:
+            for target, value in overrides(_env_flag(name, environ[name])).items():
+                out[target], origins[target] = value, name
+    for name, why in NOT_REPRODUCED.items():
+        if name in environ and _env_flag(name, environ[name]):
+            raise ValueError(f"{name}={environ[name]}: {why}; unset it or set it to 0")
+    return out
+
+
+def _env_flag(name: str, value: str) -> bool:
+    low = value.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{name}={value!r}: expected 0 or 1")

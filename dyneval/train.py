@@ -242,8 +242,10 @@ def setup(cfg: RunConfig, out_dir: str | Path, device: str | None) -> tuple[Trai
     val_tokens = data.load_validation_tokens(data.val_pattern(tc.data_path), tc.train_seq_len,
                                              tc.max_val_tokens).to(ctx.device)
     base = set_numerics(build_model(cfg, ctx.device), qat=False, expand_kv=backends["expand_kv"])
-    opts = build_optimizers(base, cfg.optim, cfg.model.tie_embeddings)
-    model = torch.compile(base, dynamic=False) if (ctx.device.type == "cuda" and tc.compile) else base
+    compiling = ctx.device.type == "cuda" and tc.compile
+    opts = build_optimizers(base, cfg.optim, cfg.model.tie_embeddings, compile_ns=compiling)
+    # fullgraph, as the run compiles: a graph break would be a silent slowdown and a numerics change
+    model = torch.compile(base, dynamic=False, fullgraph=True) if compiling else base
     if ctx.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,

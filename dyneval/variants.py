@@ -88,6 +88,11 @@ class Job:
     def compile(self) -> bool:
         return self.cuda and self.cfg.eval.compile
 
+    @property
+    def compile_dynamic(self) -> bool:
+        """The run's dynamic eval ran eagerly (its uncompiled train-mode forward): faithful unless asked."""
+        return self.cuda and self.cfg.eval.compile_dynamic
+
     def model(self, qat: bool | None = None) -> GPT:
         """Fresh weights from the artifact, with this variant's dtype policy and numerics switches."""
         m = self.checkpoint.model(bf16_tables=self.quirks.bf16_tables)
@@ -136,23 +141,24 @@ def after_pre_eval_ttt(score: Callable[[Job, GPT], EvalResult]):
 
 
 def _sliding_after_ttt(job: Job, m: GPT) -> EvalResult:
-    return evaluate_sliding(m, job.tokens, job.lut, job.cfg.eval.scoring, job.ranks.real(), autocast=job.cuda)
+    return evaluate_sliding(m, job.tokens, job.lut, job.cfg.eval.scoring, job.ranks.real(), autocast=job.cuda,
+                            forward=compiled(m, job.compile))
 
 
 def _nonoverlap_after_ttt(job: Job, m: GPT) -> EvalResult:
-    e = job.cfg.eval
+    e = job.cfg.eval  # the run compiled this pass (its eval_val), unlike its dynamic eval
     return evaluate_nonoverlap(m, job.tokens, job.lut, e.eval_seq_len, e.eval_batch_seqs, job.ranks.real(),
-                               autocast=job.cuda)
+                               autocast=job.cuda, forward=compiled(m, job.compile))
 
 
 def _dynamic_after_ttt(job: Job, m: GPT) -> EvalResult:
     return adapt.adapt_dynamic(m, job.tokens, job.lut, job.cfg.eval.scoring, job.cfg.eval.dynamic, job.ranks,
-                               autocast=job.cuda, compile=job.compile, name="pre_eval_ttt+dynamic")
+                               autocast=job.cuda, compile=job.compile_dynamic, name="pre_eval_ttt+dynamic")
 
 
 def run_dynamic(job: Job) -> tuple[EvalResult, dict]:
     res = adapt.adapt_dynamic(job.model(), job.tokens, job.lut, job.cfg.eval.scoring, job.cfg.eval.dynamic,
-                              job.ranks, autocast=job.cuda, compile=job.compile)
+                              job.ranks, autocast=job.cuda, compile=job.compile_dynamic)
     return res, {"dynamic": asdict(job.cfg.eval.dynamic)}
 
 
@@ -243,7 +249,6 @@ VARIANTS = {v.name: v for v in [
             "dynamic_tail with Krause's RMS-normalised update and decay toward the trained weights", run_krause),
 ]}
 DEFAULT_ORDER = list(VARIANTS)
-NOT_THE_RUNS = Quirks(qat_on=False, bf16_tables=False, rank_local=True)  # quirks for variants that are not the run's
 
 
 def parse_variants(text: str) -> list[str]:
@@ -279,12 +284,24 @@ def default_ranks(cfg: RunConfig, virtual_ranks: int | None) -> Ranks:
 
 def job_for(variant: Variant, cfg: RunConfig, ck: Checkpoint, tokens, lut, quirks: Quirks, ranks: Ranks,
             backends: dict, cache: dict) -> Job:
-    """The settings `variant` runs under: the run's quirks for its own passes, none for the others."""
-    q = quirks if variant.faithful else NOT_THE_RUNS
+    """The settings `variant` runs under: the run's quirks for its own passes; for the others no fake
+    quantization and rank-local adaptation, under the same table dtype as every variant (so that every
+    Δ vs sliding measures adaptation, not table precision: the run scored all its passes with bf16
+    tables on GPU, and `bf16_tables=0` switches every variant to fp32 tables)."""
+    q = quirks if variant.faithful else dataclasses.replace(quirks, qat_on=False, rank_local=True)
     r = ranks if variant.rank_local else ranks.real()
     if variant.rank_local and not q.rank_local:  # quirk off: one rank, one chain over the whole stream
         r = Ranks.current(1)
     return Job(cfg, ck, tokens, lut, q, r, backends, cfg.train.data_path, cache)
+
+
+def table_dtypes(job: Job) -> dict:
+    """The dtypes a variant's model holds (recorded per variant: tables, linears, control tensors)."""
+    m = job.model()
+    pick = {"tok_emb": "tok_emb.weight", "bigram_table": "bigram.embed.weight", "linear": "blocks.0.attn.c_q.weight",
+            "control": "blocks.0.attn_scale"}
+    params = dict(m.named_parameters())
+    return {k: str(params[n].dtype).replace("torch.", "") for k, n in pick.items() if n in params}
 
 
 def _same_origin(entry: dict, sha: str, cfg: RunConfig) -> bool:
@@ -310,9 +327,17 @@ def load_results(path: Path, sha: str, cfg: RunConfig, fresh: bool) -> dict:
 
 def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: list[str], quirks: Quirks = Quirks(),
                         virtual_ranks: int | None = None, device: str | None = None, fresh: bool = False,
-                        log=print) -> dict:
-    """Run `variants` on the artifact; write results.json, streams and tables into `out`; return results."""
+                        qat_flag_set: bool = True, log=print) -> dict:
+    """Run `variants` on the artifact; write results.json, streams and tables into `out`; return results.
+
+    `qat_flag_set`: whether training set late QAT's flag (a run folder's meta.json says; an artifact
+    alone is assumed to come from a run that did, as every published one did). Where it was never
+    set, the run's own passes had no fake quantization to suffer, so the `qat_on` quirk is off.
+    """
     from .report import write_run_tables
+
+    if not qat_flag_set:
+        quirks = dataclasses.replace(quirks, qat_on=False)
 
     ctx = dist_utils.setup(device)
     backends = configure_backends(cfg, ctx.device)
@@ -347,7 +372,7 @@ def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: lis
             raise FloatingPointError(f"{name}: bpb is {res.bpb} on {artifact}: the weights or the adaptation "
                                      f"produced non-finite scores")
         settings = {"quirks": asdict(job.quirks), **job.ranks.describe(), **settings,
-                    "scoring": asdict(e.scoring)}
+                    "scoring": asdict(e.scoring), "dtypes": table_dtypes(job)}
         results[name] = {**res.summary(), "legal": v.legal, "legal_reason": v.reason, "description": v.description,
                          "faithful": v.faithful, "rank_local": v.rank_local, "settings": settings,
                          "backends": backends, "artifact": str(artifact), "artifact_sha256": ck.sha256,

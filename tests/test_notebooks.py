@@ -119,3 +119,17 @@ def test_notebook_03_requantizes_a_run_with_other_settings_and_shows_the_change(
     assert exported["int6_roundtrip"]["bpb"] != meta["int6_roundtrip"]["bpb"]
     text = out.read_text()
     assert "this export" in text and "training's export (the run's settings)" in text
+
+
+def test_notebook_launches_start_the_profiles_process_count_capped_by_the_gpus(monkeypatch):
+    import torch
+    from dyneval import notebook
+    from dyneval.config import preset
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert notebook.num_processes(preset("record_1gpu")) == 1
+    assert notebook.num_processes(preset("record")) == 8
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert notebook.num_processes(preset("record")) == 2  # a divisor of the 8-way accumulation
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert notebook.num_processes(preset("record")) == 1

@@ -130,3 +130,44 @@ def test_the_record_preset_is_the_runs_configuration():
     assert (c.eval.eval_stride, c.eval.dyneval_lr, c.eval.adapt_every, c.eval.ttt_freeze_blocks) == (64, 0.001, 4, 2)
     assert c.train.grad_accum_steps(8) == 1 and c.train.grad_accum_steps(1) == 8
     assert sum(p.numel() for p in __import__("dyneval.model", fromlist=["GPT"]).GPT(c.model).parameters()) > 26e6
+
+
+def test_faithful_late_qat_sets_the_flag_but_trains_the_same_weights_as_no_qat(one_process, tmp_path, tiny_cfg):
+    """The run's compiled graph never saw its late-QAT flag: faithful training crosses the threshold
+    (0.6 in the tiny config) without fake quantization; `qat_trains=1` really trains through it."""
+    from dyneval.train import train
+    meta = json.loads((one_process / "meta.json").read_text())
+    assert meta["qat_enabled_at_end"] and meta["late_qat_step"] is not None and not meta["qat_trained"]
+    assert "late_qat:enabled" in (one_process / "train.log").read_text()
+    faithful = torch.load(one_process / "final_model.pt", weights_only=True)
+    off = train(tiny_cfg.with_overrides({"train.late_qat_threshold": 0}), tmp_path / "off", device="cpu")
+    assert not off["qat_enabled_at_end"]
+    no_qat = torch.load(tmp_path / "off" / "final_model.pt", weights_only=True)
+    assert all(torch.equal(faithful[k], no_qat[k]) for k in faithful)
+    train(tiny_cfg.with_overrides({"train.qat_trains": True}), tmp_path / "trains", device="cpu")
+    trained = torch.load(tmp_path / "trains" / "final_model.pt", weights_only=True)
+    assert any(not torch.equal(faithful[k], trained[k]) for k in faithful)
+
+
+def test_the_run_s_train_mode_passes_see_the_qat_flag_only_when_training_set_it(one_process, tmp_path, tiny_cfg):
+    from dyneval.train import train
+    train(tiny_cfg.with_overrides({"train.late_qat_threshold": 0}), tmp_path / "off", device="cpu")
+    for run, flag in ((one_process, True), (tmp_path / "off", False)):
+        r = run_cli("evaluate", "--run-dir", run, "--variants", "sliding,dynamic", "--out", run / "eval", "--fresh",
+                    "--device", "cpu")
+        assert r.returncode == 0, r.stderr[-2000:]
+        res = json.loads((run / "eval" / "results.json").read_text())
+        assert res["dynamic"]["settings"]["quirks"]["qat_on"] is flag
+        assert res["sliding"]["settings"]["quirks"]["qat_on"] is False
+
+
+def test_the_run_s_switches_reach_the_config_through_the_shim():
+    from dyneval.config import from_env, preset, resolve
+    env = {"QAT_THRESHOLD": "0.2", "EMA_ENABLED": "0", "TTT_ENABLED": "0", "DYNEVAL_ENABLED": "0", "SWA_ENABLED": "0"}
+    c = preset("record").with_overrides(from_env(env))
+    assert (c.train.late_qat_threshold, c.train.ema_decay, c.eval.ttt_epochs, c.eval.dyneval_lr) == (0.2, 0, 0, 0)
+    assert preset("record").with_overrides(from_env({"LATE_QAT": "0"})).train.late_qat_threshold == 0
+    q = preset("record").with_overrides(from_env({"QAT_ENABLED": "1"})).train
+    assert q.qat_trains and q.late_qat_threshold > 1
+    with pytest.raises(ValueError, match="SWA_ENABLED=1"):
+        resolve("record", environ={"SWA_ENABLED": "1"})
