@@ -151,7 +151,9 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, x0: Tensor) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
+        # every block may pull the first-layer representation x0 back in (learned per channel, init (1, 0))
         x = mix[0] * x + mix[1] * x0
+        # pre-norm; ln_scale damps deeper blocks' inputs by 1/sqrt(layer+1), which steadies early training
         x = x + self.attn_scale.to(x.dtype) * self.attn(rms(x) * self.in_scale)
         return x + self.mlp_scale.to(x.dtype) * self.mlp(rms(x) * self.in_scale)
 
@@ -232,11 +234,11 @@ class GPT(nn.Module):
     def logits(self, ids: Tensor) -> Tensor:
         """ids (B, T) int64 -> logits (B, T, V), softcapped."""
         x = self.tok_emb(ids)  # (B, T, D)
-        if self.bigram is not None:
+        if self.bigram is not None:  # cheap bigram statistics, which a 1024-piece vocabulary lacks
             x = x + self.bigram(ids).to(x.dtype)
-        x = self.smear(rms(x))
+        x = self.smear(rms(x))  # a learned one-token look-back before any attention
         x0 = x
-        skips = []
+        skips = []  # U-Net: encoder outputs feed the mirrored decoder blocks, last in first out
         for block in self.blocks[: self.num_encoder]:
             x = block(x, x0)
             skips.append(x)
@@ -245,16 +247,17 @@ class GPT(nn.Module):
                 x = x + self.skip_weights[i].to(x.dtype) * skips.pop()
             x = block(x, x0)
         x = rms(x)
-        if self.lm_head is None:
+        if self.lm_head is None:  # tied: the head is the token table, which saves 0.5 M parameters
             z = F.linear(x, self.tok_emb.weight.to(x.dtype))
         else:
             z = self.lm_head(x)
-        c = self.cfg.logit_softcap
+        c = self.cfg.logit_softcap  # tanh soft cap bounds logits at +-c and keeps early training stable
         return c * torch.tanh(z / c)
 
     def forward(self, ids: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
         """Mean CE over every target (the run's training loss); reduction="none": per-token NLL (B, T) fp32."""
         z = self.logits(ids)
+        # the loss in fp32 whatever the autocast dtype, as the run (bf16 log-softmax loses ~1e-3 nats)
         nll = F.cross_entropy(z.float().reshape(-1, z.size(-1)), targets.reshape(-1), reduction=reduction)
         return nll.view_as(targets) if reduction == "none" else nll
 

@@ -27,12 +27,14 @@ def zeropower_via_newtonschulz5(G: torch.Tensor, steps: int = 5, eps: float = 1e
     record script, since bf16 rounding makes it observable.
     """
     a, b, c = NS_COEFFS
-    X = G.bfloat16()
-    X /= X.norm() + eps
+    X = G.bfloat16()  # bf16 throughout: the iteration only needs singular values near 1, not precision
+    X /= X.norm() + eps  # Frobenius norm >= spectral norm, so every singular value starts in [0, 1]
     transposed = G.size(0) > G.size(1)
-    if transposed:
+    if transposed:  # iterate on the wide side: X X^T is then the smaller Gram matrix
         X = X.T
     for _ in range(steps):
+        # the quintic pushes each singular value s toward 1 (a s + b s^3 + c s^5); the coefficients
+        # trade exact convergence for speed, so the result is U S' V^T with S' in about [0.7, 1.2]
         A = X @ X.T
         B = b * A + c * A @ A
         X = a * X + B @ X
@@ -76,18 +78,21 @@ class Muon(torch.optim.Optimizer):
                         state["momentum_buffer"] = torch.zeros_like(g)
                     buf = state["momentum_buffer"]
                     buf.mul_(momentum).add_(g)
-                    if group["nesterov"]:
+                    if group["nesterov"]:  # look ahead along the momentum, as the record script does
                         g = g.add(buf, alpha=momentum)
                     g = self.orthogonalise(g, steps=group["backend_steps"])
+                    # tall matrices get a larger step: the orthogonalised update has unit singular
+                    # values, so its RMS shrinks as rows/cols grows; this restores it
                     g *= max(1, g.size(0) / g.size(1)) ** 0.5
+                    # the flat buffer is bf16 in the run: every update is bf16-rounded, one process too
                     flat[offset: offset + p.numel()] = g.reshape(-1)
                 offset += p.numel()
-            if distributed:
+            if distributed:  # each rank filled its own parameters' slots; the sum gives everyone all of them
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             wd = group["weight_decay"]
             offset = 0
             for p in params:
-                if wd > 0:
+                if wd > 0:  # decoupled decay, applied before the update (the run's order)
                     p.mul_(1.0 - lr * wd)
                 p.add_(flat[offset: offset + p.numel()].view_as(p).to(p.dtype), alpha=-lr)
                 offset += p.numel()
@@ -134,16 +139,18 @@ class Optimizers:
 def split_parameters(model: GPT) -> dict[str, list[torch.nn.Parameter]]:
     """The run's groups: token tables, Muon matrices, scalars/control tensors, untied head."""
     blocks = list(model.blocks.named_parameters())
+    # Muon only for 2-D weights inside blocks: orthogonalising suits matrices that map activations;
+    # vectors, gains and mixes (control tensors, even the 2-D resid_mix) get AdamW
     matrix = [p for n, p in blocks if p.ndim == 2 and not is_control(n)]
     scalar = [p for n, p in blocks if p.ndim < 2 or is_control(n)]
     if model.skip_weights.numel() > 0:
         scalar.append(model.skip_weights)
     scalar.append(model.smear.gate)
-    tok = [model.tok_emb.weight]
+    tok = [model.tok_emb.weight]  # lookup tables: rows update sparsely, so AdamW at the token lr
     if model.bigram is not None:
         scalar.append(model.bigram.scale)
         tok.append(model.bigram.embed.weight)
-        if model.bigram.proj is not None:
+        if model.bigram.proj is not None:  # the run puts the bigram projection with the block matrices
             matrix.append(model.bigram.proj.weight)
     head = [model.lm_head.weight] if model.lm_head is not None else []
     groups = {"tok": tok, "muon": matrix, "scalar": scalar, "head": head}
@@ -196,6 +203,8 @@ def lr_scale(step: int, elapsed_ms: float, iterations: int, warmdown_iters: int,
     if cap_ms <= 0:
         start = max(iterations - warmdown_iters, 0)
         return max((iterations - step) / max(warmdown_iters, 1), 0.0) if step >= start else 1.0
+    # Under the cap the run does not know how many steps it will get: it turns `warmdown_iters` into
+    # time at the average step time so far, and decays linearly to zero at the cap.
     step_ms = elapsed_ms / max(step, 1)
     window = warmdown_iters * step_ms
     remaining = max(cap_ms - elapsed_ms, 0.0)

@@ -28,6 +28,8 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def category(name: str) -> str:
+    """The run's tensor categories by name: it decides int6 (mlp, attn) vs int8 (embed, other)."""
+    # Tables and heads carry per-token detail that a 6-bit grid would blur; block matrices tolerate it.
     if "tok_emb" in name or "lm_head" in name:
         return "embed"
     if ".mlp." in name:
@@ -98,6 +100,7 @@ def quantize_state_dict(state: dict[str, torch.Tensor], settings: QuantSettings 
     tensors, meta = {}, {}
     for name, tensor in state.items():
         t = tensor.detach().cpu().contiguous()
+        # small tensors cost little as fp16 and many of them are gains that rounding would hurt
         if not t.is_floating_point() or t.numel() <= settings.passthrough_max_numel:
             tensors[name] = t.to(torch.float16) if t.is_floating_point() else t
             meta[name] = "passthrough"  # quirk: small control tensors become fp16 here
@@ -129,7 +132,7 @@ def dequantize_state_dict(tensors: dict, meta: dict, template: dict[str, torch.T
     out = {}
     for name, ref in template.items():
         m = meta[name]
-        if isinstance(m, dict):
+        if isinstance(m, dict):  # quantized: q * s, per row when s is a vector
             q, s = tensors[name + ".q"], tensors[name + ".scale"]
             if s.ndim > 0:
                 w = q.float() * s.float().view(q.shape[0], *([1] * (q.ndim - 1)))
@@ -139,7 +142,7 @@ def dequantize_state_dict(tensors: dict, meta: dict, template: dict[str, torch.T
             w = tensors[name]
         if tuple(w.shape) != tuple(ref.shape):
             raise ValueError(f"{source}: {name} has shape {tuple(w.shape)}, the model config wants {tuple(ref.shape)}")
-        out[name] = w.to(ref.dtype).contiguous()
+        out[name] = w.to(ref.dtype).contiguous()  # back to the model's dtype (bf16 tables on GPU)
     return out
 
 
@@ -148,7 +151,8 @@ def artifact_bytes(state: dict[str, torch.Tensor], settings: QuantSettings = Qua
 
     tensors, meta = quantize_state_dict(state, settings)
     buf = io.BytesIO()
-    torch.save({"w": tensors, "m": meta}, buf)
+    torch.save({"w": tensors, "m": meta}, buf)  # the run's container, so its loader reads ours and back
+    # level 22: the slowest and smallest; int6 values stored in int8 leave 2 bits per byte for zstd
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(buf.getvalue())
 
 
