@@ -14,6 +14,8 @@ import time
 import traceback
 from pathlib import Path
 
+from . import files
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 SEED_NOTEBOOKS = ("01_data", "02_train", "03_quantize", "04_evaluate")
 
@@ -80,8 +82,8 @@ def reproduce(profile: str, seeds: list[int], out: str | Path, overrides: list[s
         except Exception as e:  # a failed seed must not sink the others
             seed_dir.mkdir(parents=True, exist_ok=True)
             err = _error_line(e)
-            failed.write_text(json.dumps({"seed": seed, "error": err, "overrides": over,
-                                          "traceback": traceback.format_exc()[-4000:]}, indent=1))
+            files.write_json(failed, {"seed": seed, "error": err, "overrides": over,
+                                      "traceback": traceback.format_exc()[-4000:]}, indent=1)
             summary["failed"][seed] = err
             log(f"[{i}/{len(seeds)}] seed {seed} FAILED: {err}")
             continue
