@@ -14,8 +14,8 @@ one shows that a blank screenshot is refused.
 Chromium is the system's (`apt-get install chromium`, found on PATH or at $DYNEVAL_CHROMIUM; Playwright's
 browser download is not used). Without it or Playwright the tests skip, except under CI=true, where they
 fail. The notebooks run the smoke profile shrunk by their `overrides` parameter (SMALL); the five
-browser tests took 9.5 minutes on 2 CPU cores shared with other jobs (load ~10). They run in order and
-share the server and its run folder.
+browser tests took 3.5 min (load ~6) to 7 min (load ~9) on 2 CPU cores shared with other jobs. They
+run in order and share the server and its run folder.
 """
 
 from __future__ import annotations
