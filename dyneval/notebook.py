@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -116,8 +119,14 @@ def num_processes(cfg: RunConfig) -> int:
     return n
 
 
-def launch(args: list[str], nproc: int = 1, log=print) -> int:
-    """Run `python -m dyneval ARGS` (under torchrun when nproc > 1), streaming its output line by line."""
+def launch(args: list[str], nproc: int = 1, log=print, interrupt_timeout: float = 120.0) -> int:
+    """Run `python -m dyneval ARGS` (under torchrun when nproc > 1), streaming its output line by line.
+
+    Interrupting the kernel (JupyterLab's stop button) signals the kernel's whole process group, so the
+    stage gets SIGINT too and checkpoints at its next step boundary. The cell then waits for it to exit,
+    still streaming its log, for up to `interrupt_timeout` seconds (a second interrupt stops waiting),
+    terminates it if it is still running, and raises KeyboardInterrupt so the cell shows the interruption.
+    """
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "dyneval", *args]
@@ -127,17 +136,63 @@ def launch(args: list[str], nproc: int = 1, log=print) -> int:
     env["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     log("$ " + " ".join(cmd))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
+    # A reader thread feeds a queue and the kernel's main thread prints: output lands in this cell, and
+    # waits have timeouts, so an interrupt is handled even while the stage is silent.
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
     last = []
-    for line in proc.stdout:
-        line = line.rstrip("\n")
-        if line.startswith("{") and len(line) > 300:  # the config line: long, and in meta.json anyway
-            line = line[:300] + " ..."
-        log(line)
-        last = (last + [line])[-5:]
+
+    def relay(deadline: float | None = None) -> bool:
+        """Log the stage's lines until its output ends (True) or `deadline` passes (False)."""
+        while True:
+            try:
+                line = lines.get(timeout=0.2)
+            except queue.Empty:
+                if deadline is not None and time.monotonic() > deadline:
+                    return False
+                continue
+            if line is None:
+                return True
+            line = line.rstrip("\n")
+            if line.startswith("{") and len(line) > 300:  # the config line: long, and in meta.json anyway
+                line = line[:300] + " ..."
+            log(line)
+            last[:] = (last + [line])[-5:]
+
+    try:
+        relay()
+    except KeyboardInterrupt:
+        log(f"interrupted: waiting up to {interrupt_timeout:.0f} s for `dyneval {args[0]}` to write its checkpoint")
+        try:
+            if not relay(time.monotonic() + interrupt_timeout):
+                log(f"`dyneval {args[0]}` still running after {interrupt_timeout:.0f} s: terminating it")
+        except KeyboardInterrupt:
+            log(f"interrupted again: terminating `dyneval {args[0]}`")
+        _stop(proc)
+        raise KeyboardInterrupt(f"`dyneval {args[0]}` interrupted (exit status {proc.returncode}): running the "
+                                "cell again resumes from its checkpoint") from None
     rc = proc.wait()
     if rc:
         raise RuntimeError(f"`dyneval {args[0]}` exited with status {rc}: {' | '.join(last)[-400:]}")
     return rc
+
+
+def _read_lines(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Wait for `proc` to exit; SIGTERM (a checkpoint at the next step) if it does not, SIGKILL after `grace`."""
+    for send in (None, proc.terminate, proc.kill):
+        if send:
+            send()
+        try:
+            proc.wait(timeout=grace if send else 1.0)
+            return
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def write_config(cfg: RunConfig, path: Path) -> Path:
