@@ -4,7 +4,8 @@ Owns reading a reproduction folder (`<runs>/seed<N>/` with `meta.json` and `eval
 `eval/<variant>.npz`, `eval/doc_starts.npy`, or `FAILED.json`), the per-seed and aggregated tables
 (mean ± std, paired Δ vs `sliding`, one-sided t-tests against 0 and against −0.005 nats, the
 challenge's criterion mean Δ < −0.005 nats at p < 0.01, eval seconds, artifact bytes) as Markdown and
-CSV, and the figures as PNG and SVG with deterministic metadata: cumulative bpb over the stream, Δbpb per chunk, per-document gains, training curves.
+CSV, and the figures as PNG and SVG with deterministic metadata: cumulative bpb over the stream, Δbpb
+per chunk, per-document gains, training curves.
 """
 
 from __future__ import annotations
