@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="rebuild even when the manifest matches")
     f = dsub.add_parser("fineweb", help="the challenge's FineWeb export from the Hugging Face Hub")
     f.add_argument("--variant", default="sp1024")
-    f.add_argument("--train-shards", type=int, default=1)
+    f.add_argument("--train-shards", type=int, default=80, help="the challenge's default: 80 shards, 8 B tokens")
     f.add_argument("--out", default="data")
     f.add_argument("--data-path", help="use an existing local copy of the shard folder instead")
     f.add_argument("--tokenizer-path", help="with --data-path: the tokenizer of that copy")

@@ -42,6 +42,7 @@ meta = json.loads((run / "meta.json").read_text())
 size = quant.size_report(run / "final_model.int6.ptz")
 print(f"model {size['model_bytes']:,} + code {size['code_bytes']:,} = {size['total_bytes']:,} bytes "
       f"({'under' if size['under_cap'] else 'OVER'} the {size['cap_bytes']:,} cap, headroom {size['headroom_bytes']:,})")
+print(size["code_definition"])
 
 # %% [markdown]
 # ## What each tensor became
