@@ -303,8 +303,9 @@ def _record() -> RunConfig:
 def _record_1gpu() -> RunConfig:
     """The record's math on one GPU: 8-way accumulation, and a step count instead of the wall clock.
 
-    5,604 steps is seed 42's published count; with the cap off, warmdown is measured in iterations,
-    which matches the time-based warmdown of a run with a constant step time.
+    5,604 steps is seed 42's published count (`resolve_seed_steps` gives each published seed its own);
+    with the cap off, warmdown is measured in iterations, which matches the time-based warmdown of a
+    run with a constant step time.
     """
     r = RunConfig(nproc=1)
     return r.with_overrides({"train.iterations": 5604, "train.max_wallclock_seconds": 0})
@@ -340,9 +341,35 @@ def preset(name: str) -> RunConfig:
     return PRESETS[name]()
 
 
+# Where the run's 600 s clock stopped each published seed (the `stop_step` of its three logs,
+# dyneval/published/run397_logs.json); any other seed takes seed 42's count.
+PUBLISHED_STEPS = {42: 5604, 7: 5590, 2024: 5620}
+STEP_COUNT_PROFILES = ("record_1gpu",)  # profiles whose step count stands in for the run's wall clock
+
+
+def published_iterations(seed: int) -> int:
+    """The step count at which the run's clock stopped this seed (seed 42's for unpublished seeds)."""
+    return PUBLISHED_STEPS.get(seed, PUBLISHED_STEPS[42])
+
+
+def resolve_seed_steps(profile: str, cfg: RunConfig, overrides: typing.Iterable[str] = ()) -> RunConfig:
+    """A step-count profile stops where the published run of its seed stopped.
+
+    Applied once the seed is known (after the overrides), unless `iterations` was among the explicit
+    overrides (`field=value` strings): an explicit step count always wins.
+    """
+    if profile not in STEP_COUNT_PROFILES:
+        return cfg
+    if any(_locate(_split(o)[0]) == ("train", "iterations") for o in overrides):
+        return cfg
+    return cfg.with_overrides({"train.iterations": published_iterations(cfg.train.seed)})
+
+
 def load(profile: str, overrides: typing.Iterable[str] = (), config_json: str | None = None) -> RunConfig:
-    cfg = RunConfig.from_dict(json.load(open(config_json))) if config_json else preset(profile)
-    return cfg.with_overrides(list(overrides))
+    overrides = list(overrides)
+    if config_json:  # an already resolved config: taken as it is
+        return RunConfig.from_dict(json.load(open(config_json))).with_overrides(overrides)
+    return resolve_seed_steps(profile, preset(profile).with_overrides(overrides), overrides)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from . import files
-from .config import RunConfig, preset
+from .config import RunConfig, preset, resolve_seed_steps
 
 PARAMETERS = {"profile": str, "seed": int, "run_dir": str, "overrides": str, "data_root": str}
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -62,9 +62,13 @@ def dataset_paths(profile: str, data_root: str | Path) -> dict:
 
 
 def make_config(profile: str, seed: int, overrides: str = "", data_root: str = "data") -> RunConfig:
-    """The run's typed config: the preset, its dataset under `data_root`, the seed, then the overrides."""
+    """The run's typed config: the preset, its dataset under `data_root`, the seed, then the overrides.
+
+    `record_1gpu` then takes the published step count of its seed unless the overrides set iterations.
+    """
     cfg = preset(profile).with_overrides({**dataset_paths(profile, data_root), "train.seed": seed})
-    return cfg.with_overrides(parse_overrides(overrides))
+    over = parse_overrides(overrides)
+    return resolve_seed_steps(profile, cfg.with_overrides(over), over)
 
 
 def prepare_data(profile: str, data_root: str | Path, log=print) -> dict:

@@ -130,3 +130,20 @@ def test_the_record_preset_is_the_runs_configuration():
     assert (c.eval.eval_stride, c.eval.dyneval_lr, c.eval.adapt_every, c.eval.ttt_freeze_blocks) == (64, 0.001, 4, 2)
     assert c.train.grad_accum_steps(8) == 1 and c.train.grad_accum_steps(1) == 8
     assert sum(p.numel() for p in __import__("dyneval.model", fromlist=["GPT"]).GPT(c.model).parameters()) > 26e6
+
+
+def test_record_1gpu_stops_at_the_published_step_count_of_its_seed():
+    from dyneval.config import load, published_iterations
+    assert [published_iterations(s) for s in (42, 7, 2024, 1337)] == [5604, 5590, 5620, 5604]
+    assert load("record_1gpu", ["train.seed=7"]).train.iterations == 5590
+    assert load("record_1gpu", ["seed=2024"]).train.iterations == 5620
+    assert load("record_1gpu", ["train.seed=5"]).train.iterations == 5604
+    assert load("record_1gpu", ["train.seed=7", "iterations=300"]).train.iterations == 300  # explicit wins
+    assert load("record", ["train.seed=7"]).train.iterations == 9000  # the 8-GPU record stops on the clock
+
+
+def test_a_record_1gpu_notebook_config_takes_its_seeds_published_step_count():
+    from dyneval.notebook import make_config
+    assert make_config("record_1gpu", 2024).train.iterations == 5620
+    assert make_config("record_1gpu", 7, "train.iterations=10").train.iterations == 10
+    assert make_config("smoke", 7).train.iterations == 150
