@@ -48,16 +48,19 @@ meta = notebook.train_stage(cfg, run_dir)
 # Train loss per step, and the non-overlapping validation bpb at the periodic evaluations. The final
 # weights are the EMA of every step's weights; late QAT switches int6 fake quantization on once the
 # learning-rate scale falls below 0.1 — and, as in the run, never off again.
+#
+# For the record profiles (`record`, `record_1gpu`) the run's published curves (its three seeds on
+# 8×H100) are drawn beneath in grey, step for step: a reproduction of the run lies on them. The
+# smoke profiles train other models or batches, so nothing published is shown for them.
 
 # %%
 import matplotlib.pyplot as plt
 
-h = meta["history"]
+from dyneval import report
+
 fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-a.plot([t["step"] for t in h["train"]], [t["train_loss"] for t in h["train"]], lw=0.8)
-a.set(xlabel="step", ylabel="train loss (nats)", title="Training loss")
-b.plot([t["step"] for t in h["val"]], [t["val_bpb"] for t in h["val"]], marker="o")
-b.set(xlabel="step", ylabel="val bpb", title="Validation bpb")
+note = report.plot_training_curves(a, b, {seed: meta})
 fig.tight_layout()
 plt.show()
+print(note)
 print(f"{meta['steps']} steps in {meta['train_seconds']:.1f} s; EMA weights: val bpb {meta['final_ema']['bpb']:.4f}")
