@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--tokenizer-path", help="with --data-path: the tokenizer of that copy")
 
     def profile_args(q):
-        q.add_argument("--profile", default="smoke", help="record, record_1gpu or smoke")
+        q.add_argument("--profile", default="smoke", help="record, record_1gpu, smoke or gpu_smoke")
         q.add_argument("--config", help="a resolved config JSON (e.g. a run's meta.json 'config') instead of a profile")
         q.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a config field (repeatable)")
         q.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")

@@ -53,12 +53,16 @@ def parse_overrides(text: str) -> list[str]:
 
 
 def dataset_paths(profile: str, data_root: str | Path) -> dict:
-    root = Path(resolve(data_root))
-    if profile == "smoke":
-        return {"train.data_path": str(root / "datasets" / "embedded_sp1024"),
-                "train.tokenizer_path": str(root / "tokenizers" / "embedded_1024_bpe.model")}
-    return {"train.data_path": str(root / "datasets" / "fineweb10B_sp1024"),
-            "train.tokenizer_path": str(root / "tokenizers" / "fineweb_1024_bpe.model")}
+    """The profile's dataset and tokenizer (embedded corpus or FineWeb, as its preset names them) under `data_root`."""
+    root, tc = Path(resolve(data_root)), preset(profile).train
+    return {"train.data_path": str(root / "datasets" / Path(tc.data_path).name),
+            "train.tokenizer_path": str(root / "tokenizers" / Path(tc.tokenizer_path).name)}
+
+
+def uses_embedded_corpus(profile: str) -> bool:
+    from .corpus import EMBEDDED_NAME
+
+    return Path(preset(profile).train.data_path).name == EMBEDDED_NAME
 
 
 def make_config(profile: str, seed: int, overrides: str = "", data_root: str = "data") -> RunConfig:
@@ -72,10 +76,10 @@ def make_config(profile: str, seed: int, overrides: str = "", data_root: str = "
 
 
 def prepare_data(profile: str, data_root: str | Path, log=print) -> dict:
-    """The embedded corpus for `smoke`, the FineWeb export for the record profiles (cached either way)."""
+    """The embedded corpus for the smoke profiles, the FineWeb export for the record profiles (cached either way)."""
     from . import corpus
 
-    if profile == "smoke":
+    if uses_embedded_corpus(profile):
         return corpus.build_embedded(data_root, log=log)
     return corpus.download_fineweb(data_root, "sp1024", FINEWEB_TRAIN_SHARDS, log=log)
 

@@ -27,7 +27,7 @@
 # dies, running this cell again resumes from the last one.
 
 # %% tags=["parameters"]
-profile: str = "smoke"  # record, record_1gpu or smoke
+profile: str = "smoke"  # record, record_1gpu, smoke or gpu_smoke
 seed: int = 42  # RNG seed of the run
 run_dir: str = "runs/notebook/seed42"  # where this seed's files go
 overrides: str = ""  # comma-separated config overrides (README: Overrides)

@@ -21,7 +21,7 @@
 # Every later score is computed from these bytes.
 
 # %% tags=["parameters"]
-profile: str = "smoke"  # record, record_1gpu or smoke
+profile: str = "smoke"  # record, record_1gpu, smoke or gpu_smoke
 seed: int = 42  # RNG seed of the run
 run_dir: str = "runs/notebook/seed42"  # where this seed's files go
 overrides: str = ""  # comma-separated config overrides (README: Overrides)

@@ -30,7 +30,7 @@
 # every variant marked legal (two streams equal up to token P give bitwise equal scores up to P).
 
 # %% tags=["parameters"]
-profile: str = "smoke"  # record, record_1gpu or smoke
+profile: str = "smoke"  # record, record_1gpu, smoke or gpu_smoke
 seed: int = 42  # RNG seed of the run
 run_dir: str = "runs/notebook/seed42"  # where this seed's files go
 overrides: str = ""  # comma-separated config overrides (README: Overrides)
