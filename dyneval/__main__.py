@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     profile_args(be)
     be.add_argument("--variants", default="sliding,dynamic")
     be.add_argument("--windows", type=int, default=4096)
+    bc = bsub.add_parser("compare", help="faithful vs fast in one process on this card, as ratios")
+    profile_args(bc)
+    bc.add_argument("--steps", type=int, default=10)
+    bc.add_argument("--windows", type=int, default=1024)
+    bc.add_argument("--run", help="a training run folder: also compiled vs eager dynamic-eval bpb on its artifact")
 
     c = sub.add_parser("config", help="print a profile's resolved config as JSON")
     profile_args(c)

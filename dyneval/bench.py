@@ -2,14 +2,16 @@
 
 Owns `python -m dyneval bench train` (ms per 786,432-token step and tokens/s per GPU after
 compilation, on random tokens, the way the reference rates were measured) and `bench eval`
-(windows/s of the scoring and adaptation passes). Run them on the GPU they describe; each prints the
-device, torch version and settings with its numbers.
+(windows/s of the scoring and adaptation passes), and `bench compare` (faithful vs fast side by side in
+one process, as ratios). Run them on the GPU they describe; each prints the device, torch version and
+settings with its numbers.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -130,7 +132,112 @@ def bench_eval(cfg, variants: list[str], num_windows: int, device: str | None) -
     return results
 
 
+# ----------------------------------------------------------------------------------------------
+# Faithful vs fast, side by side in one process on one card (issue 12).
+# Kept apart from bench_train/bench_eval and their dispatch on purpose: it only calls them with two
+# configurations. When the variants move to a registry, rewire `FAST_OVERRIDES` and the three
+# (config, variant) pairs in `bench_compare` onto it; the JSON it prints can stay as it is.
+
+FAST_OVERRIDES = ("train.cudnn_attention=1",)  # the fast mode today: cuDNN attention with K/V expanded
+
+
+def _ratio(fast: float, faithful: float) -> float:
+    return fast / faithful if faithful else float("nan")
+
+
+def dynamic_compiled_vs_eager(run_dir: str | Path, device: str | None = None,
+                              virtual_ranks: int | None = None) -> dict:
+    """The run's dynamic eval on a training run's artifact, scored eagerly (as the run did) and compiled.
+
+    Same checkpoint, same validation tokens, QAT flag on as after the run's training; the bpb
+    difference is what the faster compiled scoring changes in the number (bf16 kernels fuse differently).
+    """
+    from .ablation import Checkpoint
+    from .config import RunConfig
+    from .data import build_byte_lut, load_validation_tokens, val_pattern
+
+    ctx = dist_utils.setup(device)
+    run_dir = Path(run_dir)
+    cfg = RunConfig.from_dict(json.loads((run_dir / "meta.json").read_text())["config"])
+    e, cuda = cfg.eval, ctx.device.type == "cuda"
+    lut = build_byte_lut(cfg.train.tokenizer_path, cfg.model.vocab_size).to(ctx.device)
+    tokens = load_validation_tokens(val_pattern(cfg.train.data_path), e.eval_seq_len, e.max_val_tokens).to(ctx.device)
+    ck = Checkpoint(cfg, run_dir / "final_model.int6.ptz", ctx.device)
+    out = {"run": str(run_dir), "tokens": tokens.numel(), "virtual_ranks": virtual_ranks}
+    for name, comp in (("eager", False), ("compiled", cuda)):
+        set_qat(True)
+        try:
+            r = adapt.adapt_dynamic(ck.model(), tokens, lut, seq_len=e.eval_seq_len, stride=e.eval_stride,
+                                    batch_seqs=e.eval_batch_seqs, lr=e.dyneval_lr, adapt_every=e.adapt_every,
+                                    virtual_ranks=virtual_ranks, autocast=cuda, compile=comp)
+        finally:
+            set_qat(False)
+        out[name] = {"bpb": r.bpb, "loss": r.loss, "seconds": r.seconds, "compiled": comp}
+    out["bpb_compiled_minus_eager"] = out["compiled"]["bpb"] - out["eager"]["bpb"]
+    return out
+
+
+def bench_compare(cfg, steps: int, num_windows: int, device: str | None = None, run_dir: str | Path | None = None,
+                  log=print) -> dict:
+    """Faithful (the run's settings) against fast, each measured in this process on this card.
+
+    Training: `cfg` as given (flash attention, the run's compile) vs `cfg` + FAST_OVERRIDES.
+    Sliding eval: compiled in both, flash vs fast. The run's dynamic eval: eager and flash, as the run
+    scored it, vs compiled and fast. With `run_dir`, also the compiled-vs-eager bpb of the dynamic eval
+    on that run's artifact. Every entry holds both absolute figures and fast / faithful.
+    """
+    fast = cfg.with_overrides(list(FAST_OVERRIDES))
+    faithful_dyn = cfg.with_overrides(["eval.compile=0"])
+    out = {"bench": "compare", "fast_overrides": list(FAST_OVERRIDES)}
+    log("train: faithful ...")
+    a = bench_train(cfg, steps, device)
+    log("train: fast ...")
+    b = bench_train(fast, steps, device)
+    out.update({k: a[k] for k in ("device", "torch", "world_size")})
+    out["train"] = {"faithful": a, "fast": b,
+                    "ratio_tokens_per_s": _ratio(b["tokens_per_s_per_gpu"], a["tokens_per_s_per_gpu"])}
+    for label, (cfg_a, cfg_b, variant) in {"sliding": (cfg, fast, "sliding"),
+                                           "dynamic": (faithful_dyn, fast, "dynamic")}.items():
+        log(f"{label}: faithful ...")
+        a = bench_eval(cfg_a, [variant], num_windows, device)[0]
+        log(f"{label}: fast ...")
+        b = bench_eval(cfg_b, [variant], num_windows, device)[0]
+        out[label] = {"faithful": a, "fast": b, "ratio_windows_per_s": _ratio(b["windows_per_s"], a["windows_per_s"])}
+    if run_dir is not None:
+        log("dynamic eval on the checkpoint: eager and compiled ...")
+        out["dynamic_compiled_vs_eager"] = dynamic_compiled_vs_eager(run_dir, device)
+    return out
+
+
+def compare_lines(r: dict) -> list[str]:
+    """The comparison as a few readable lines: fast / faithful with both absolute figures."""
+    t, s, d = r["train"], r["sliding"], r["dynamic"]
+    lines = [f"{r['device']}, torch {r['torch']}; fast = faithful + {', '.join(r['fast_overrides'])}",
+             f"train tokens/s: {t['ratio_tokens_per_s']:.2f}x ({t['fast']['tokens_per_s_per_gpu']:,.0f} fast vs "
+             f"{t['faithful']['tokens_per_s_per_gpu']:,.0f} faithful)",
+             f"sliding windows/s: {s['ratio_windows_per_s']:.2f}x ({s['fast']['windows_per_s']:,.0f} vs "
+             f"{s['faithful']['windows_per_s']:,.0f})",
+             f"dynamic eval windows/s: {d['ratio_windows_per_s']:.2f}x ({d['fast']['windows_per_s']:,.0f} compiled+fast "
+             f"vs {d['faithful']['windows_per_s']:,.0f} eager, as the run)"]
+    c = r.get("dynamic_compiled_vs_eager")
+    if c:
+        lines.append(f"dynamic eval bpb on {c['run']}: compiled {c['compiled']['bpb']:.5f} - eager "
+                     f"{c['eager']['bpb']:.5f} = {c['bpb_compiled_minus_eager']:+.5f}")
+    return lines
+
+
+def main_compare(args) -> int:
+    cfg = load(args.profile, list(args.set or []), args.config)
+    r = bench_compare(cfg, args.steps, args.windows, args.device, args.run, log=lambda m: print(m, flush=True))
+    for line in compare_lines(r):
+        print(line)
+    print(json.dumps(r))
+    return 0
+
+
 def main(args) -> int:
+    if args.what == "compare":
+        return main_compare(args)
     cfg = load(args.profile, list(args.set or []), args.config)
     if args.what == "train":
         rows = [bench_train(cfg, args.steps, args.device)]
