@@ -160,6 +160,10 @@ def dynamic_compiled_vs_eager(run_dir: str | Path, device: str | None = None,
     run_dir = Path(run_dir)
     cfg = RunConfig.from_dict(json.loads((run_dir / "meta.json").read_text())["config"])
     e, cuda = cfg.eval, ctx.device.type == "cuda"
+    if cuda:  # the run's attention backend, whatever a fast bench before this one left set
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cuda.enable_cudnn_sdp(cfg.train.cudnn_attention)
+        CausalSelfAttention.expand_kv = cfg.train.cudnn_attention
     lut = build_byte_lut(cfg.train.tokenizer_path, cfg.model.vocab_size).to(ctx.device)
     tokens = load_validation_tokens(val_pattern(cfg.train.data_path), e.eval_seq_len, e.max_val_tokens).to(ctx.device)
     ck = Checkpoint(cfg, run_dir / "final_model.int6.ptz", ctx.device)
