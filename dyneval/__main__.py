@@ -31,7 +31,7 @@ def add_data_command(sub) -> None:
     e.add_argument("--force", action="store_true", help="rebuild even when the manifest matches")
     f = dsub.add_parser("fineweb", help="the challenge's FineWeb export from the Hugging Face Hub")
     f.add_argument("--variant", default="sp1024")
-    f.add_argument("--train-shards", type=int, default=1)
+    f.add_argument("--train-shards", type=int, default=80, help="the challenge's default: 80 shards, 8 B tokens")
     f.add_argument("--out", default="data")
     f.add_argument("--data-path", help="use an existing local copy of the shard folder instead")
     f.add_argument("--tokenizer-path", help="with --data-path: the tokenizer of that copy")
@@ -41,7 +41,7 @@ def add_data_command(sub) -> None:
 def config_args(q, run_dir: bool = False) -> None:
     """The options every command that resolves a config takes (config.resolve)."""
     src = q.add_mutually_exclusive_group()
-    src.add_argument("--profile", help="record, record_1gpu or smoke (default smoke)")
+    src.add_argument("--profile", help="record, record_1gpu, smoke or gpu_smoke (default smoke)")
     src.add_argument("--config", help="a resolved config JSON (e.g. a run's config.json) instead of a profile")
     if run_dir:
         src.add_argument("--run-dir", help="a finished training run: its meta.json config and its artifact")
@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     config_args(be)
     be.add_argument("--variants", default="sliding,dynamic")
     be.add_argument("--windows", type=int, default=4096)
+    bc = bsub.add_parser("compare", help="faithful vs fast in one process on this card, as ratios")
+    config_args(bc)
+    bc.add_argument("--steps", type=int, default=10)
+    bc.add_argument("--windows", type=int, default=1024)
+    bc.add_argument("--checkpoint-run", help="a training run folder: also compiled vs eager dynamic-eval bpb on it")
 
     c = sub.add_parser("config", help="print the resolved config and where each non-default value came from")
     config_args(c, run_dir=True)
@@ -238,6 +243,13 @@ def cmd_bench(args) -> int:
     from . import bench
 
     cfg = resolved(args).config
+    if args.what == "compare":
+        r = bench.bench_compare(cfg, args.steps, args.windows, args.device, args.checkpoint_run,
+                                log=lambda m: print(m, flush=True))
+        for line in bench.compare_lines(r):
+            print(line)
+        print(json.dumps(r))
+        return 0
     if args.what == "train":
         rows = [bench.bench_train(cfg, args.steps, args.device)]
     else:

@@ -2,14 +2,16 @@
 
 Owns `python -m dyneval bench train` (ms per 786,432-token step and tokens/s per GPU after
 compilation, on random tokens, the way the reference rates were measured) and `bench eval`
-(windows/s of the scoring and adaptation passes). Run them on the GPU they describe; each prints the
-device, torch version and settings with its numbers.
+(windows/s of the scoring and adaptation passes), and `bench compare` (faithful vs fast side by side in
+one process, as ratios). Run them on the GPU they describe; each prints the device, torch version and
+settings with its numbers.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -114,3 +116,97 @@ def bench_eval(cfg, variants: list[str], num_windows: int, device: str | None) -
                         "stride": e.eval_stride, "batch_seqs": e.eval_batch_seqs, "compiled": job.compile,
                         "quirks": str(job.quirks), "bpb_random_tokens": r.bpb})
     return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Faithful vs fast, side by side in one process on one card (issue 12): two configurations of the
+# same registry entries.
+
+# the fast mode: cuDNN attention with K/V expanded, and the run's dynamic eval compiled
+FAST_OVERRIDES = ("train.cudnn_attention=1", "eval.compile_dynamic=1")
+
+
+def _ratio(fast: float, faithful: float) -> float:
+    return fast / faithful if faithful else float("nan")
+
+
+def dynamic_compiled_vs_eager(run_dir: str | Path, device: str | None = None,
+                              virtual_ranks: int | None = None) -> dict:
+    """The run's dynamic eval on a training run's artifact, scored eagerly (as the run did) and compiled.
+
+    Same checkpoint, same validation tokens, the registry's `dynamic` entry with the run's quirks; the
+    bpb difference is what the faster compiled scoring changes in the number (bf16 kernels fuse
+    differently). The run's attention backend, whatever a fast bench before this one left set.
+    """
+    from .config import RunConfig
+    from .data import build_byte_lut, load_validation_tokens, val_pattern
+    from .variants import default_ranks
+
+    ctx = dist_utils.setup(device)
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    cfg = RunConfig.from_dict(meta["config"])
+    e = cfg.eval
+    backends = configure_backends(cfg, ctx.device)
+    lut = build_byte_lut(cfg.train.tokenizer_path, cfg.model.vocab_size).to(ctx.device)
+    tokens = load_validation_tokens(val_pattern(cfg.train.data_path), e.eval_seq_len, e.max_val_tokens).to(ctx.device)
+    ck = Checkpoint(cfg, run_dir / "final_model.int6.ptz", ctx.device)
+    quirks = Quirks(qat_on=meta.get("qat_enabled_at_end", True))
+    out = {"run": str(run_dir), "tokens": tokens.numel()}
+    v = VARIANTS["dynamic"]
+    for name, comp in (("eager", False), ("compiled", True)):
+        c = cfg.with_overrides({"eval.compile_dynamic": comp})
+        job = job_for(v, c, ck, tokens, lut, quirks, default_ranks(c, virtual_ranks), backends, {})
+        r, settings = v.run(job)
+        out[name] = {"bpb": r.bpb, "loss": r.loss, "seconds": r.seconds, "compiled": job.compile_dynamic,
+                     "ranks": job.ranks.describe()}
+    out["bpb_compiled_minus_eager"] = out["compiled"]["bpb"] - out["eager"]["bpb"]
+    return out
+
+
+def bench_compare(cfg, steps: int, num_windows: int, device: str | None = None, run_dir: str | Path | None = None,
+                  log=print) -> dict:
+    """Faithful (the run's settings) against fast, each measured in this process on this card.
+
+    Training: `cfg` as given (flash attention, the run's compile) vs `cfg` + FAST_OVERRIDES.
+    Sliding eval: compiled in both, flash vs fast. The run's dynamic eval: eager and flash, as the run
+    scored it, vs compiled and fast. With `run_dir`, also the compiled-vs-eager bpb of the dynamic eval
+    on that run's artifact. Every entry holds both absolute figures and fast / faithful.
+    """
+    fast = cfg.with_overrides(list(FAST_OVERRIDES))
+    out = {"bench": "compare", "fast_overrides": list(FAST_OVERRIDES)}
+    log("train: faithful ...")
+    a = bench_train(cfg, steps, device)
+    log("train: fast ...")
+    b = bench_train(fast, steps, device)
+    out.update({k: a[k] for k in ("device", "torch", "world_size")})
+    out["train"] = {"faithful": a, "fast": b,
+                    "ratio_tokens_per_s": _ratio(b["tokens_per_s_per_gpu"], a["tokens_per_s_per_gpu"])}
+    for label, (cfg_a, cfg_b, variant) in {"sliding": (cfg, fast, "sliding"),
+                                           "dynamic": (cfg, fast, "dynamic")}.items():
+        log(f"{label}: faithful ...")
+        a = bench_eval(cfg_a, [variant], num_windows, device)[0]
+        log(f"{label}: fast ...")
+        b = bench_eval(cfg_b, [variant], num_windows, device)[0]
+        out[label] = {"faithful": a, "fast": b, "ratio_windows_per_s": _ratio(b["windows_per_s"], a["windows_per_s"])}
+    if run_dir is not None:
+        log("dynamic eval on the checkpoint: eager and compiled ...")
+        out["dynamic_compiled_vs_eager"] = dynamic_compiled_vs_eager(run_dir, device)
+    return out
+
+
+def compare_lines(r: dict) -> list[str]:
+    """The comparison as a few readable lines: fast / faithful with both absolute figures."""
+    t, s, d = r["train"], r["sliding"], r["dynamic"]
+    lines = [f"{r['device']}, torch {r['torch']}; fast = faithful + {', '.join(r['fast_overrides'])}",
+             f"train tokens/s: {t['ratio_tokens_per_s']:.2f}x ({t['fast']['tokens_per_s_per_gpu']:,.0f} fast vs "
+             f"{t['faithful']['tokens_per_s_per_gpu']:,.0f} faithful)",
+             f"sliding windows/s: {s['ratio_windows_per_s']:.2f}x ({s['fast']['windows_per_s']:,.0f} vs "
+             f"{s['faithful']['windows_per_s']:,.0f})",
+             f"dynamic eval windows/s: {d['ratio_windows_per_s']:.2f}x ({d['fast']['windows_per_s']:,.0f} compiled+fast "
+             f"vs {d['faithful']['windows_per_s']:,.0f} eager, as the run)"]
+    c = r.get("dynamic_compiled_vs_eager")
+    if c:
+        lines.append(f"dynamic eval bpb on {c['run']}: compiled {c['compiled']['bpb']:.5f} - eager "
+                     f"{c['eager']['bpb']:.5f} = {c['bpb_compiled_minus_eager']:+.5f}")
+    return lines

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import files
-from .config import RunConfig, preset
+from .config import RunConfig, preset, resolve_seed_steps
 
 PARAMETERS = {"profile": str, "seed": int, "run_dir": str, "overrides": str, "data_root": str}
 EXPORT_PARAMETERS = {"bits": int, "clip_quantile": float, "passthrough_max_numel": int}  # notebook 03
@@ -84,25 +84,33 @@ def parse_overrides(text: str) -> list[str]:
 
 
 def dataset_paths(profile: str, data_root: str | Path) -> dict:
-    root = Path(resolve(data_root))
-    if profile == "smoke":
-        return {"train.data_path": str(root / "datasets" / "embedded_sp1024"),
-                "train.tokenizer_path": str(root / "tokenizers" / "embedded_1024_bpe.model")}
-    return {"train.data_path": str(root / "datasets" / "fineweb10B_sp1024"),
-            "train.tokenizer_path": str(root / "tokenizers" / "fineweb_1024_bpe.model")}
+    """The profile's dataset and tokenizer (embedded corpus or FineWeb, as its preset names them) under `data_root`."""
+    root, tc = Path(resolve(data_root)), preset(profile).train
+    return {"train.data_path": str(root / "datasets" / Path(tc.data_path).name),
+            "train.tokenizer_path": str(root / "tokenizers" / Path(tc.tokenizer_path).name)}
+
+
+def uses_embedded_corpus(profile: str) -> bool:
+    from .corpus import EMBEDDED_NAME
+
+    return Path(preset(profile).train.data_path).name == EMBEDDED_NAME
 
 
 def make_config(profile: str, seed: int, overrides: str = "", data_root: str = "data") -> RunConfig:
-    """The run's typed config: the preset, its dataset under `data_root`, the seed, then the overrides."""
-    base = preset(profile).with_overrides({**dataset_paths(profile, data_root), "train.seed": seed})
-    return base.with_overrides(parse_overrides(overrides))
+    """The run's typed config: the preset, its dataset under `data_root`, the seed, then the overrides.
+
+    `record_1gpu` then takes the published step count of its seed unless the overrides set iterations.
+    """
+    cfg = preset(profile).with_overrides({**dataset_paths(profile, data_root), "train.seed": seed})
+    over = parse_overrides(overrides)
+    return resolve_seed_steps(profile, cfg.with_overrides(over), over)
 
 
 def prepare_data(profile: str, data_root: str | Path, log=print) -> dict:
-    """The embedded corpus for `smoke`, the FineWeb export for the record profiles (cached either way)."""
+    """The embedded corpus for the smoke profiles, the FineWeb export for the record profiles (cached either way)."""
     from . import corpus
 
-    if profile == "smoke":
+    if uses_embedded_corpus(profile):
         return corpus.build_embedded(data_root, log=log)
     return corpus.download_fineweb(data_root, "sp1024", FINEWEB_TRAIN_SHARDS, log=log)
 

@@ -21,16 +21,16 @@
 # tokens, every document opened by BOS = 1) and from the SentencePiece model that says how many UTF-8
 # bytes each token stands for.
 #
-# - `profile="smoke"` builds the **embedded default corpus**: the English documentation text every
-#   CPython ships (pydoc topics and the standard library's docstrings), a 1024-piece BPE trained with
-#   the challenge's settings, train/val shards. Nothing is downloaded.
+# - `profile="smoke"` and `"gpu_smoke"` build the **embedded default corpus**: the English
+#   documentation text every CPython ships (pydoc topics and the standard library's docstrings), a
+#   1024-piece BPE trained with the challenge's settings, train/val shards. Nothing is downloaded.
 # - `profile="record"` / `"record_1gpu"` fetch the challenge's **FineWeb export** from the Hugging Face
 #   Hub (`willdepueoai/parameter-golf`): manifest, tokenizer, all val shards, 80 train shards.
 #
 # Both are cached: a second run reuses what is on disk when it verifies.
 
 # %% tags=["parameters"]
-profile: str = "smoke"  # record, record_1gpu or smoke
+profile: str = "smoke"  # record, record_1gpu, smoke or gpu_smoke
 seed: int = 42  # RNG seed of the run
 run_dir: str = "runs/notebook/seed42"  # where this seed's files go
 overrides: str = ""  # comma-separated config overrides (README: Overrides)

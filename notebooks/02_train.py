@@ -29,7 +29,7 @@
 # dies, running this cell again resumes from the last one.
 
 # %% tags=["parameters"]
-profile: str = "smoke"  # record, record_1gpu or smoke
+profile: str = "smoke"  # record, record_1gpu, smoke or gpu_smoke
 seed: int = 42  # RNG seed of the run
 run_dir: str = "runs/notebook/seed42"  # where this seed's files go
 overrides: str = ""  # comma-separated config overrides (README: Overrides)
@@ -49,16 +49,19 @@ meta = notebook.train_stage(cfg, run.run_dir)
 # weights are the EMA of every step's weights. Late QAT's flag is set once the learning-rate scale falls
 # below 0.1 and, as in the run, never cleared; as in the run's compiled training graph, the steps after
 # it do not fake-quantize (`train.qat_trains=1` makes them).
+#
+# For the record profiles (`record`, `record_1gpu`) the run's published curves (its three seeds on
+# 8×H100) are drawn beneath in grey, step for step: a reproduction of the run lies on them. The
+# smoke profiles train other models or batches, so nothing published is shown for them.
 
 # %%
 import matplotlib.pyplot as plt
 
-h = meta["history"]
+from dyneval import report
+
 fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-a.plot([t["step"] for t in h["train"]], [t["train_loss"] for t in h["train"]], lw=0.8)
-a.set(xlabel="step", ylabel="train loss (nats)", title="Training loss")
-b.plot([t["step"] for t in h["val"]], [t["val_bpb"] for t in h["val"]], marker="o")
-b.set(xlabel="step", ylabel="val bpb", title="Validation bpb")
+note = report.plot_training_curves(a, b, {seed: meta})
 fig.tight_layout()
 plt.show()
+print(note)
 print(f"{meta['steps']} steps in {meta['train_seconds']:.1f} s; EMA weights: val bpb {meta['final_ema']['bpb']:.4f}")

@@ -27,7 +27,7 @@
 # `clip_quantile=0.999` clips each int8 row harder, `bits=5` uses a coarser grid for the matrices.
 
 # %% tags=["parameters"]
-profile: str = "smoke"  # record, record_1gpu or smoke
+profile: str = "smoke"  # record, record_1gpu, smoke or gpu_smoke
 seed: int = 42  # RNG seed of the run
 run_dir: str = "runs/notebook/seed42"  # where this seed's files go
 overrides: str = ""  # comma-separated config overrides (README: Overrides)
@@ -50,6 +50,7 @@ exported = notebook.export_stage(run.run_dir, settings)
 size = exported["size"]
 print(f"model {size['model_bytes']:,} + code {size['code_bytes']:,} = {size['total_bytes']:,} bytes "
       f"({'under' if size['under_cap'] else 'OVER'} the {size['cap_bytes']:,} cap, headroom {size['headroom_bytes']:,})")
+print(size["code_definition"])
 
 # %% [markdown]
 # ## What each tensor became

@@ -32,7 +32,7 @@
 # every variant marked legal (two streams equal up to token P give bitwise equal scores up to P).
 
 # %% tags=["parameters"]
-profile: str = "smoke"  # record, record_1gpu or smoke
+profile: str = "smoke"  # record, record_1gpu, smoke or gpu_smoke
 seed: int = 42  # RNG seed of the run
 run_dir: str = "runs/notebook/seed42"  # where this seed's files go
 overrides: str = ""  # comma-separated config overrides (README: Overrides)
@@ -51,6 +51,21 @@ results = notebook.evaluate_stage(run.cfg, run_dir, "all")
 display(Markdown((run_dir / "eval" / "ablation.md").read_text()))
 
 # %% [markdown]
+# ## The published run beside this one
+# For the record profiles (`record`, `record_1gpu`): the run's published final numbers for this seed
+# (its logs, shipped with the package) beside the reproduced ones. The run's `final_int6_roundtrip`
+# was scored after its pre-eval TTT, so it compares with `pre_eval_ttt+nonoverlap`. The smoke
+# profiles train other models, so nothing published is shown for them.
+
+# %%
+import json
+
+from dyneval import report
+
+meta = json.loads((Path(run_dir) / "meta.json").read_text())
+display(Markdown(report.published_markdown(meta, results)))
+
+# %% [markdown]
 # ## Where the bits go along the stream
 # Cumulative bpb as the stream is scored: adaptation that helps pulls its curve below `sliding` as
 # it sees more of the text; the run's pre-eval TTT starts below because it has already trained on
@@ -59,8 +74,6 @@ display(Markdown((run_dir / "eval" / "ablation.md").read_text()))
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
-
-from dyneval import report
 
 fig, ax = plt.subplots(figsize=(7, 4))
 for v in report.FIGURE_VARIANTS:

@@ -184,7 +184,6 @@ def test_evaluate_with_one_process_emulates_the_profiles_ranks_for_every_rank_lo
 
 
 def test_results_of_another_artifact_are_never_merged_into_a_results_folder(fixture_dir, tmp_path):
-    import shutil
     cfg = fixture_config(fixture_dir)
     (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
     other = tmp_path / "other.ptz"

@@ -50,7 +50,7 @@ def test_compiled_sliding_and_dynamic_eval_run_on_cuda_and_lr_zero_equals_slidin
     assert torch.isfinite(torch.tensor(t.bpb))
 
 
-def test_a_short_cuda_training_run_ends_with_an_artifact(tmp_path):
+def test_a_short_cuda_training_run_writes_an_artifact_that_loads_back_and_scores(tmp_path):
     from dyneval import corpus
     from dyneval.config import preset
     from dyneval.train import train
@@ -63,6 +63,12 @@ def test_a_short_cuda_training_run_ends_with_an_artifact(tmp_path):
     h = meta["history"]["val"]
     assert h[-1]["val_bpb"] < h[0]["val_bpb"] and (tmp_path / "run" / "final_model.int6.ptz").is_file()
     assert meta["env"]["gpus"]
+    # the artifact written on the GPU, loaded back and scored there: non-overlapping equals training's round trip
+    from dyneval.variants import evaluate_checkpoint
+    res = evaluate_checkpoint(cfg, tmp_path / "run" / "final_model.int6.ptz", tmp_path / "eval",
+                              ["nonoverlap", "sliding", "dynamic"], device="cuda", log=lambda *_: None)
+    assert all(0 < res[v]["bpb"] < 20 for v in res)
+    assert abs(res["nonoverlap"]["bpb"] - meta["int6_roundtrip"]["bpb"]) < 2e-2  # bf16, compiled vs eager
 
 
 def test_evaluate_and_bench_eval_record_the_same_cuda_backend_settings(tmp_path):

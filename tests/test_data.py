@@ -176,3 +176,8 @@ def test_an_existing_local_copy_is_accepted_through_the_run_environment_variable
     (bad / "fineweb_val_000000.bin").write_bytes(b"\x00" * 2000)
     r = run_cli("data", "fineweb", "--data-path", bad, "--tokenizer-path", tok)
     assert r.returncode == 2 and "fineweb_val_000000.bin: wrong magic" in r.stderr
+
+
+def test_the_fineweb_download_fetches_the_challenges_80_train_shards_by_default():
+    from dyneval.__main__ import build_parser
+    assert build_parser().parse_args(["data", "fineweb"]).train_shards == 80

@@ -1,6 +1,7 @@
 """The int6 artifact: byte compatibility with the run, round trips, safe loading, bad input."""
 
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,3 +83,14 @@ def test_an_artifact_for_another_model_shape_is_refused(fixture_dir):
                       bigram_vocab_size=512, bigram_dim=32, xsa_last_n=2)
     with pytest.raises(ValueError, match=r"final_model\.int6\.ptz: artifact does not match the model config"):
         quant.load_artifact(fixture_dir / "final_model.int6.ptz", GPT(cfg).state_dict())
+
+
+def test_the_size_report_says_which_files_its_code_bytes_count(tmp_path):
+    from dyneval import quant
+    art = tmp_path / "a.ptz"
+    art.write_bytes(b"x" * 10)
+    r = quant.size_report(art)
+    assert r["code_files"] and all(f.startswith("dyneval/") and f.endswith(".py") for f in r["code_files"])
+    root = Path(quant.__file__).resolve().parent.parent
+    assert r["code_bytes"] == sum((root / f).stat().st_size for f in r["code_files"])
+    assert "77,946" in r["code_definition"]  # the run's single script, for comparison

@@ -171,3 +171,19 @@ def test_the_run_s_switches_reach_the_config_through_the_shim():
     assert q.qat_trains and q.late_qat_threshold > 1
     with pytest.raises(ValueError, match="SWA_ENABLED=1"):
         resolve("record", environ={"SWA_ENABLED": "1"})
+def test_record_1gpu_stops_at_the_published_step_count_of_its_seed():
+    from dyneval.config import published_iterations, resolve
+    load = lambda profile, sets: resolve(profile, overrides=sets).config  # noqa: E731
+    assert [published_iterations(s) for s in (42, 7, 2024, 1337)] == [5604, 5590, 5620, 5604]
+    assert load("record_1gpu", ["train.seed=7"]).train.iterations == 5590
+    assert load("record_1gpu", ["seed=2024"]).train.iterations == 5620
+    assert load("record_1gpu", ["train.seed=5"]).train.iterations == 5604
+    assert load("record_1gpu", ["train.seed=7", "iterations=300"]).train.iterations == 300  # explicit wins
+    assert load("record", ["train.seed=7"]).train.iterations == 9000  # the 8-GPU record stops on the clock
+
+
+def test_a_record_1gpu_notebook_config_takes_its_seeds_published_step_count():
+    from dyneval.notebook import make_config
+    assert make_config("record_1gpu", 2024).train.iterations == 5620
+    assert make_config("record_1gpu", 7, "train.iterations=10").train.iterations == 10
+    assert make_config("smoke", 7).train.iterations == 150
