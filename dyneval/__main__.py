@@ -14,8 +14,27 @@ STAGES = {"train": "train", "evaluate": "ablation", "parity": "parity", "reprodu
           "bench": "bench"}
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the library's one-line error (`dyneval: error: ...`, status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"dyneval: error: {message} (see `{self.prog} --help`)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dyneval", description=__doc__.splitlines()[0])
+    """Every option must differ from torchrun's and from their abbreviations: torchrun parses the whole
+    command line first (`--run` once stopped it: "ambiguous option: --run could match --run-path")."""
+    p = Parser(prog="python -m dyneval", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("data", help="make or fetch a dataset in the challenge's layout")
@@ -43,14 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="score adaptation variants on one checkpoint's artifact")
     src = ev.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", help="a training run folder (its meta.json config and artifact)")
+    src.add_argument("--run-dir", help="a training run folder (its meta.json config and artifact)")
     src.add_argument("--artifact", help="an int6 artifact (.ptz); give the model through --profile/--config")
     profile_args(ev)
     ev.add_argument("--data", help="dataset folder (default: the config's data_path)")
     ev.add_argument("--tokenizer", help="tokenizer (default: the config's tokenizer_path)")
     ev.add_argument("--variants", default="nonoverlap,sliding", help="comma-separated; `all` for every variant")
     ev.add_argument("--quirks", help="the run's quirks for its own variants, e.g. qat_on=0,bf16_tables=0,rank_local=0")
-    ev.add_argument("--virtual-ranks", type=int, help="emulate K ranks' slices and rank-local adaptation")
+    ev.add_argument("--virtual-ranks", type=positive_int, help="emulate K ranks' slices and rank-local adaptation")
     ev.add_argument("--out", required=True, help="results folder")
 
     pa = sub.add_parser("parity", help="recompute a reference fixture's expected.json")

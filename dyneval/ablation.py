@@ -251,12 +251,12 @@ def parse_quirks(text: str) -> Quirks:
 def resolve(args) -> tuple[RunConfig, Path]:
     from .config import from_env, load
 
-    if args.run:
-        meta_path = Path(args.run) / "meta.json"
+    if args.run_dir:
+        meta_path = Path(args.run_dir) / "meta.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: no meta.json: is {args.run} a finished training run?")
+            raise FileNotFoundError(f"{meta_path}: no meta.json: is {args.run_dir} a finished training run?")
         cfg = RunConfig.from_dict(json.loads(meta_path.read_text())["config"])
-        artifact = Path(args.run) / "final_model.int6.ptz"
+        artifact = Path(args.run_dir) / "final_model.int6.ptz"
     else:
         cfg = load(args.profile, [], args.config)
         artifact = Path(args.artifact)

@@ -129,5 +129,5 @@ def train_stage(cfg: RunConfig, run_dir: str | Path, log=print) -> dict:
 def evaluate_stage(run_dir: str | Path, variants: str = "all", log=print) -> dict:
     """Every variant on the run's artifact, into `run_dir/eval`; return results.json."""
     run_dir = Path(run_dir)
-    launch(["evaluate", "--run", str(run_dir), "--variants", variants, "--out", str(run_dir / "eval")], log=log)
+    launch(["evaluate", "--run-dir", str(run_dir), "--variants", variants, "--out", str(run_dir / "eval")], log=log)
     return json.loads((run_dir / "eval" / "results.json").read_text())
