@@ -134,7 +134,7 @@ def main(argv=None) -> int:
             from .config import load
             print(json.dumps(load(args.profile, args.set or [], args.config).to_dict(), indent=2))
             return 0
-    except (ValueError, FileNotFoundError, ConnectionError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # bad input or environment; other exceptions are bugs
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"dyneval: error: {msg}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ applied, `final_model.pt`, the int6 artifact with its size report, and `meta.jso
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -109,7 +110,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, device: str
     tc = cfg.train
     out = Path(out_dir)
     if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        files.output_folder(out)  # issue 13: a file or a read-only folder is a one-line error
     dist_utils.barrier()
     log = Logger(out / "train.log", ctx.is_main)
     if tc.threads:
@@ -300,7 +301,8 @@ def main(args) -> int:
         cfg = cfg.with_overrides(env)
         cfg = cfg.with_overrides(list(args.set or []))  # explicit --set wins over the environment
     try:
-        train(cfg, args.out, resume=args.resume, device=args.device)
+        with files.lock_folder(args.out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():  # issue 13
+            train(cfg, args.out, resume=args.resume, device=args.device)
     except KeyboardInterrupt:
         print(f"interrupted: resume with the same command plus --resume (state in {Path(args.out) / CHECKPOINT})",
               file=sys.stderr)
