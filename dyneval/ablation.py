@@ -200,13 +200,15 @@ def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: lis
     tc, e = cfg.train, cfg.eval
     if e.eval_stride > e.eval_seq_len:
         raise ValueError("eval_stride exceeds eval_seq_len")
+    data.check_tokenizer(tc.tokenizer_path, tc.data_path, Path(artifact).parent / "meta.json")  # issue 13
     lut = data.build_byte_lut(tc.tokenizer_path, cfg.model.vocab_size).to(ctx.device)
-    tokens = data.load_validation_tokens(data.val_pattern(tc.data_path), e.eval_seq_len, e.max_val_tokens)
+    tokens = data.load_validation_tokens(data.val_pattern(tc.data_path), e.eval_seq_len, e.max_val_tokens,
+                                         cfg.model.vocab_size)
     tokens = tokens.to(ctx.device)
     ck = Checkpoint(cfg, Path(artifact), ctx.device)
     out = Path(out)
     if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        files.output_folder(out)
     if ctx.is_main:  # document boundaries (target index of each BOS), for per-document figures
         bos = torch.nonzero(tokens[1:] == data.BOS_ID).flatten().cpu().numpy()
         np.save(out / "doc_starts.npy", np.unique(np.concatenate([[0], bos])).astype(np.int64))

@@ -38,6 +38,7 @@ class Fixture:
         self.model_cfg = _build(ModelConfig, self.settings["model"], "model")
         self.L = int(self.settings["seq_len"])
         self.state = torch.load(self.dir / "trained.pt", map_location="cpu", weights_only=True)
+        data.check_tokenizer(self.dir / "tokenizer.model", self.dir)
         self.lut = data.build_byte_lut(self.dir / "tokenizer.model", self.model_cfg.vocab_size)
         self.val = data.load_validation_tokens(str(self.dir / "fineweb_val_*.bin"), self.L)
 

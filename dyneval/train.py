@@ -127,10 +127,12 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, device: str
         torch.backends.cuda.enable_cudnn_sdp(tc.cudnn_attention)  # the run disables cuDNN attention
         CausalSelfAttention.expand_kv = tc.cudnn_attention
 
-    loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), ctx.rank, ctx.world_size, ctx.device)
+    loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), ctx.rank, ctx.world_size, ctx.device,
+                                         cfg.model.vocab_size)
+    data.check_tokenizer(tc.tokenizer_path, tc.data_path)  # issue 13: refuse a tokenizer other than the data's
     lut = data.build_byte_lut(tc.tokenizer_path, cfg.model.vocab_size).to(ctx.device)
     val_tokens = data.load_validation_tokens(data.val_pattern(tc.data_path), tc.train_seq_len,
-                                             tc.max_val_tokens).to(ctx.device)
+                                             tc.max_val_tokens, cfg.model.vocab_size).to(ctx.device)
     base = build_model(cfg, ctx.device)
     set_qat(False)
     opts = build_optimizers(base, cfg.optim, cfg.model.tie_embeddings)
@@ -179,7 +181,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, device: str
             load_weights(base, init_model, "initial weights")
             opts.load_state_dict(init_opt)
             loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), ctx.rank, ctx.world_size,
-                                                 ctx.device)
+                                                 ctx.device, cfg.model.vocab_size)
             log(f"warmup: {tc.warmup_steps} steps done, weights/optimizer/loader restored")
 
     def checkpoint(reason: str) -> None:
@@ -283,7 +285,8 @@ def finish_training(cfg, base: GPT, ema, out: Path, ctx, log, history, step, tra
     meta = {"config": cfg.to_dict(), "env": environment_info(ctx.device), "steps": step,
             "train_seconds": train_ms / 1000.0, "qat_enabled_at_end": CastedLinear.qat_enabled,
             "final_ema": ema_val.summary(), "final_int6_roundtrip": rt_val.summary(), "size": size,
-            "history": history}
+            "history": history, "tokenizer_sha256": files.sha256_file(tc.tokenizer_path),  # issue 13
+            "artifact_sha256": files.sha256_file(artifact)}
     if ctx.is_main:
         files.write_json(out / "meta.json", meta)
         ck = out / CHECKPOINT
