@@ -21,7 +21,7 @@ import torch
 from . import adapt, data, distributed as dist_utils, files, quant
 from .adapt import Quirks
 from .config import RunConfig
-from .evaluate import EvalResult, compiled, evaluate_nonoverlap, evaluate_sliding
+from .evaluate import EvalResult, compiled, evaluate_nonoverlap, evaluate_sliding, require_finite
 from .model import GPT, apply_dtype_policy, load_weights, set_qat
 
 LEGAL = "scores every token before any update uses it"
@@ -218,6 +218,7 @@ def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: lis
         v = VARIANTS[name]
         try:
             res, settings = run_variant(name, ck, tokens, lut, quirks, virtual_ranks, tc.data_path)
+            require_finite(str(artifact), res)  # issue 13: no NaN score with exit 0
         except adapt.DivergedError as err:
             results[name] = {"legal": v.legal, "legal_reason": v.reason, "error": str(err)}
             if ctx.is_main:

@@ -25,7 +25,7 @@ import torch
 
 from . import data, distributed as dist_utils, files, quant
 from .config import RunConfig
-from .evaluate import evaluate_nonoverlap
+from .evaluate import evaluate_nonoverlap, require_finite
 from .model import GPT, CastedLinear, CausalSelfAttention, apply_dtype_policy, load_weights, set_qat
 from .optim import build_optimizers, lr_scale, muon_momentum
 
@@ -278,6 +278,7 @@ def finish_training(cfg, base: GPT, ema, out: Path, ctx, log, history, step, tra
     rt_val = evaluate_nonoverlap(rt, val_tokens, lut, tc.train_seq_len, val_batch_seqs, ctx.rank, ctx.world_size,
                                  autocast=autocast)
     size = quant.size_report(artifact)
+    require_finite(str(out), ema_val, rt_val)  # issue 13: no NaN score with exit 0
     log(f"final_ema val_loss:{ema_val.loss:.4f} val_bpb:{ema_val.bpb:.4f}")
     log(f"final_int6_roundtrip val_loss:{rt_val.loss:.4f} val_bpb:{rt_val.bpb:.4f}")
     log(f"artifact: {size['model_bytes']:,} bytes + code {size['code_bytes']:,} = {size['total_bytes']:,} "
