@@ -60,6 +60,8 @@ DEFAULT_ORDER = list(VARIANTS)
 
 def parse_variants(text: str) -> list[str]:
     names = DEFAULT_ORDER if text.strip() == "all" else [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise ValueError(f"--variants {text!r} names no variant: choose from {', '.join(DEFAULT_ORDER)} or `all`")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}: choose from {', '.join(DEFAULT_ORDER)} or `all`")
