@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--figures", default="figures", help="where the report writes figures and tables")
     r.add_argument("--data-root", default="data", help="datasets/ and tokenizers/ live under it")
     r.add_argument("--timeout", type=int, default=3600, help="seconds per notebook")
+    r.add_argument("--fresh", action="store_true",
+                   help="run again from scratch a complete seed whose config or artifact differs (default: refuse)")
 
     rep = sub.add_parser("report", help="tables and figures from a reproduction folder")
     rep.add_argument("--runs", default="runs/reproduce")
