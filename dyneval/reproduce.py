@@ -43,13 +43,14 @@ def seed_differs(seed_dir: Path, cfg) -> str | None:
     if changed or want.get("nproc") != have.get("nproc"):
         return f"its config differs ({'; '.join(changed[:3]) or 'nproc'})"
     artifact = seed_dir / "final_model.int6.ptz"
-    if not meta.get("artifact_sha256"):
+    sha = meta.get("artifact_sha256") or meta.get("export", {}).get("artifact_sha256")
+    if not sha:
         return "its meta.json records no artifact hash to check the artifact against (an older run)"
-    if not artifact.is_file() or meta["artifact_sha256"] != sha256_file(artifact):
+    if not artifact.is_file() or sha != sha256_file(artifact):
         return "its artifact is not the one its meta.json records (artifact_sha256)"
     results = json.loads((seed_dir / "eval" / "results.json").read_text())
     other = sorted(v for v, r in results.items() if Path(r.get("artifact", "")).resolve() != artifact.resolve()
-                   or r.get("artifact_sha256", meta["artifact_sha256"]) != meta["artifact_sha256"])
+                   or r.get("artifact_sha256", sha) != sha)
     if other:
         return f"its results of {', '.join(other[:3])} score another artifact"
     return None
