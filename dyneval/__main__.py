@@ -13,14 +13,33 @@ abbreviation of its `--run-path`), so each command line works under `torchrun ..
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-# Errors that mean bad input or a failed run with its own clear message (one line, exit status 2).
-USER_ERRORS = (ValueError, FileNotFoundError, ConnectionError, FloatingPointError)
+# Errors that mean bad input, a failed run with its own clear message, or the environment (a read-only
+# folder, a full disk): one line, exit status 2. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the library's one-line error (`dyneval: error: ...`, status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"dyneval: error: {message} (see `{self.prog} --help`)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
 
 
 def add_data_command(sub) -> None:
@@ -52,7 +71,7 @@ def config_args(q, run_dir: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dyneval", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m dyneval", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks of bad-input errors too")
     sub = p.add_subparsers(dest="command", required=True)
     add_data_command(sub)
@@ -74,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--artifact", help="an int6 artifact (.ptz) scored with the --profile/--config model")
     ev.add_argument("--variants", default="nonoverlap,sliding", help="comma-separated; `all` for every variant")
     ev.add_argument("--quirks", help="the run's quirks for its own variants, e.g. qat_on=0,bf16_tables=0,rank_local=0")
-    ev.add_argument("--virtual-ranks", type=int, help="emulate K ranks (default: the profile's eval.ranks)")
+    ev.add_argument("--virtual-ranks", type=positive_int, help="emulate K ranks (default: the profile's eval.ranks)")
     ev.add_argument("--fresh", action="store_true", help="start the results folder over instead of adding to it")
     ev.add_argument("--out", required=True, help="results folder")
 
@@ -92,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--figures", default="figures", help="where the report writes figures and tables")
     r.add_argument("--data-root", default="data", help="datasets/ and tokenizers/ live under it")
     r.add_argument("--timeout", type=int, default=3600, help="seconds per notebook")
+    r.add_argument("--fresh", action="store_true",
+                   help="run again from scratch a complete seed whose config or artifact differs (default: refuse)")
 
     rep = sub.add_parser("report", help="tables and figures from a reproduction folder")
     rep.add_argument("--runs", default="runs/reproduce/smoke")
@@ -151,8 +172,13 @@ def cmd_train(args) -> int:
     from . import distributed
     from .train import CHECKPOINT, train
 
+    from . import files
+
+    cfg = resolved(args).config
+    lock = files.lock_folder(args.out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     try:
-        train(resolved(args).config, args.out, resume=args.resume, device=args.device)
+        with lock:  # a second train on the same folder is refused, not interleaved
+            train(cfg, args.out, resume=args.resume, device=args.device)
     except KeyboardInterrupt:
         print(f"interrupted: resume with the same command plus --resume (state in {Path(args.out) / CHECKPOINT})",
               file=sys.stderr)
@@ -225,7 +251,7 @@ def cmd_reproduce(args) -> int:
 
     out = args.out or f"runs/reproduce/{args.profile}"
     s = reproduce(args.profile, args.seeds, out, args.set or [], parse_seed_sets(args.seed_set), args.figures,
-                  args.timeout, args.data_root)
+                  args.timeout, args.data_root, args.fresh)
     return 0 if not s["failed"] else 3
 
 

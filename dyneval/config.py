@@ -46,8 +46,13 @@ class ModelConfig:
     rope_train_len: int = 1024  # quirk: rotary reference length fixed at 1024, so NTK rescaling is active at 2048
 
     def __post_init__(self):
+        _finite(self)
         _positive(self, "vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads",
                   "mlp_mult", "logit_softcap", "rope_base", "rope_train_len")
+        _non_negative(self, "tied_embed_init_std")
+        if self.bigram_vocab_size and self.bigram_dim <= 0:
+            raise ValueError(f"bigram_dim={self.bigram_dim} must be positive with a bigram table "
+                             f"(bigram_vocab_size={self.bigram_vocab_size})")
         if self.model_dim % self.num_heads:
             raise ValueError(f"model_dim={self.model_dim} is not a multiple of num_heads={self.num_heads}")
         if self.num_heads % self.num_kv_heads:
@@ -89,6 +94,7 @@ class OptimConfig:
     grad_clip_norm: float = 0.3  # global gradient-norm clip (0: none)
 
     def __post_init__(self):
+        _finite(self)
         _positive(self, "tied_embed_lr", "embed_lr", "head_lr", "matrix_lr", "scalar_lr", "adam_eps")
         for name in ("muon_momentum", "muon_momentum_warmup_start", "beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
@@ -122,6 +128,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads (0: leave torch's default)
 
     def __post_init__(self):
+        _finite(self)
         _positive(self, "iterations", "train_batch_tokens", "train_seq_len", "val_batch_size_tokens",
                   "train_log_every", "grad_accum_total")
         _non_negative(self, "max_wallclock_seconds", "warmdown_iters", "warmup_steps", "ema_decay",
@@ -218,8 +225,13 @@ class EvalConfig:
     ranks: int = 8  # ranks the run's rank-local adaptation is reproduced with (fewer processes: virtual ranks)
 
     def __post_init__(self):
+        _finite(self)
         _non_negative(self, "tail_lr", "krause_lr", "krause_decay")
-        _positive(self, "ranks")
+        if self.krause_decay > 1:
+            raise ValueError(f"krause_decay={self.krause_decay} must lie in [0, 1]: the share of the way back "
+                             f"to the trained weights per step")
+        if not 0 <= self.ttt_momentum < 1:
+            raise ValueError(f"ttt_momentum={self.ttt_momentum} must lie in [0, 1)")
         if self.tail_subset not in ("all", "mlp", "attn", "blocks", "tables", "no_tables", "lora"):
             raise ValueError(f"tail_subset={self.tail_subset!r} must be one of all, mlp, attn, blocks, tables, "
                              f"no_tables, lora")
@@ -273,6 +285,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"a config must be a JSON object of sections, not {type(d).__name__}")
         sections = {f.name: f.type for f in dataclasses.fields(cls)}
         unknown = set(d) - set(sections)
         if unknown:
@@ -352,11 +366,21 @@ def _coerce(value, ftype, name: str):
 def _build(cls, d: dict, section: str):
     if isinstance(d, cls):
         return d
+    if not isinstance(d, dict):
+        raise ValueError(f"config section [{section}] must be an object of fields, not {json.dumps(d)}")
     fields = {f.name: f.type for f in dataclasses.fields(cls)}
     unknown = set(d) - set(fields)
     if unknown:
         raise ValueError(f"unknown field(s) in [{section}]: {sorted(unknown)}")
     return cls(**{k: _coerce(v, fields[k], f"{section}.{k}") for k, v in d.items()})
+
+
+def _finite(obj):
+    """Every float field is a finite number (NaN passes every comparison-free check downstream)."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{f.name}={v!r} must be a finite number")
 
 
 def _positive(obj, *names):
@@ -504,7 +528,10 @@ def resolve(profile: str | None = "smoke", *, config_file: str | None = None, ru
             raise FileNotFoundError(f"{meta}: no meta.json: is {run_dir} a finished training run?")
         cfg, origin = RunConfig.from_dict(_read_json(meta)["config"]), f"run {run_dir}"
     elif config_file:
-        cfg, origin = RunConfig.from_dict(_read_json(Path(config_file))), f"file {config_file}"
+        try:
+            cfg, origin = RunConfig.from_dict(_read_json(Path(config_file))), f"file {config_file}"
+        except ValueError as e:  # a field's type or value: name the file too
+            raise ValueError(e if str(config_file) in str(e) else f"{config_file}: {e}") from None
     else:
         cfg, origin = preset(profile), f"profile {profile}"
     defaults = _flat(RunConfig())

@@ -15,7 +15,6 @@ Owns making and fetching data in the challenge's layout (`<root>/datasets/<name>
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import os
 import random
@@ -48,12 +47,7 @@ HUB_PREFIX = "datasets"
 VARIANTS = {"sp1024": ("fineweb10B_sp1024", "fineweb_1024_bpe.model")}
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256_file = files.sha256_file
 
 
 # ----------------------------------------------------------------------------------------------

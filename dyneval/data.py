@@ -10,6 +10,7 @@ validation tokens; and the bytes each target token stands for. Making or fetchin
 from __future__ import annotations
 
 import glob
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,9 +87,25 @@ def val_pattern(data_path: str | Path) -> str:
     return str(Path(data_path) / "fineweb_val_*.bin")
 
 
-def load_validation_tokens(pattern: str, seq_len: int, max_tokens: int = 0) -> torch.Tensor:
-    """All val shards concatenated, capped at `max_tokens` (0: all), trimmed to k*seq_len + 1 tokens."""
-    tokens = np.concatenate([np.asarray(read_shard(f)) for f in shard_files(pattern)])
+def check_token_ids(tokens: np.ndarray, vocab_size: int | None, path, offset: int = 0) -> None:
+    """Refuse token ids the model has no embedding for (a shard made with another tokenizer)."""
+    if vocab_size and tokens.size and int(tokens.max()) >= vocab_size:
+        i = int(np.argmax(tokens >= vocab_size))
+        raise ShardError(f"{path}: token id {int(tokens[i])} at position {offset + i} is outside the vocabulary "
+                         f"of {vocab_size} pieces: the shards were made with another tokenizer")
+
+
+def load_validation_tokens(pattern: str, seq_len: int, max_tokens: int = 0,
+                           vocab_size: int | None = None) -> torch.Tensor:
+    """All val shards concatenated, capped at `max_tokens` (0: all), trimmed to k*seq_len + 1 tokens.
+
+    With `vocab_size`, an id outside the vocabulary is refused naming its shard.
+    """
+    shards = []
+    for f in shard_files(pattern):
+        shards.append(np.asarray(read_shard(f)))
+        check_token_ids(shards[-1], vocab_size, f)
+    tokens = np.concatenate(shards)
     if max_tokens:
         tokens = tokens[:max_tokens]
     usable = ((tokens.size - 1) // seq_len) * seq_len
@@ -98,12 +115,18 @@ def load_validation_tokens(pattern: str, seq_len: int, max_tokens: int = 0) -> t
 
 
 class TokenStream:
-    """The run's training stream: shards in sorted order, read front to back, wrapping around."""
+    """The run's training stream: shards in sorted order, read front to back, wrapping around.
 
-    def __init__(self, pattern: str):
+    With `vocab_size`, every id taken is checked against the vocabulary (a shard is too large to scan
+    up front; a batch costs a max).
+    """
+
+    def __init__(self, pattern: str, vocab_size: int | None = None):
         self.files = shard_files(pattern)
+        self.vocab_size = vocab_size
         for f in self.files:
-            read_header(f)
+            if read_header(f) == 0:  # take() would wrap around empty shards forever
+                raise ShardError(f"{f}: the training shard holds no tokens: remove it or make the data again")
         self.file_idx, self.pos = 0, 0
         self.tokens = read_shard(self.files[0])
 
@@ -124,6 +147,7 @@ class TokenStream:
                 continue
             k = min(remaining, avail)
             chunks.append(np.asarray(self.tokens[self.pos: self.pos + k]))
+            check_token_ids(chunks[-1], self.vocab_size, self.files[self.file_idx], self.pos)
             self.pos += k
             remaining -= k
         return torch.from_numpy(np.concatenate(chunks).astype(np.int64))
@@ -136,8 +160,9 @@ class DistributedTokenLoader:
     of one step are the same tokens in the same order for every W (the run's loader).
     """
 
-    def __init__(self, pattern: str, rank: int, world_size: int, device: torch.device | str = "cpu"):
-        self.stream = TokenStream(pattern)
+    def __init__(self, pattern: str, rank: int, world_size: int, device: torch.device | str = "cpu",
+                 vocab_size: int | None = None):
+        self.stream = TokenStream(pattern, vocab_size)
         self.rank, self.world_size, self.device = rank, world_size, device
 
     def next_batch(self, local_tokens: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,6 +197,36 @@ class ByteLUT:
 
     def to(self, device) -> "ByteLUT":
         return ByteLUT(self.base.to(device), self.leading_space.to(device), self.boundary.to(device))
+
+
+def check_tokenizer(tokenizer_path: str | Path, data_path: str | Path, run_meta: str | Path | None = None) -> str:
+    """Refuse a tokenizer other than the one the data (or the run) was made with; return its sha256.
+
+    The same vocabulary size is no proof: another tokenizer of 1024 pieces gives the same loss and a
+    wrong bpb. The dataset's `manifest.json` (corpus.py writes one) records its tokenizer's sha256;
+    where there is none (the challenge's own download), training records the hash in the run's
+    `meta.json` (`tokenizer_sha256`), and evaluation of that run checks it there.
+    """
+    tokenizer_path = Path(tokenizer_path)
+    if not tokenizer_path.is_file():
+        load_tokenizer(tokenizer_path)  # its one-line "not found"
+    sha = files.sha256_file(tokenizer_path)
+    recorded = []
+    manifest = Path(data_path) / "manifest.json"
+    if manifest.is_file():
+        m = json.loads(manifest.read_text())
+        if m.get("tokenizer") in m.get("sha256", {}):
+            recorded.append((manifest, m["tokenizer"], m["sha256"][m["tokenizer"]]))
+    if run_meta is not None and Path(run_meta).is_file():
+        m = json.loads(Path(run_meta).read_text())
+        if m.get("tokenizer_sha256"):
+            recorded.append((Path(run_meta), m.get("config", {}).get("train", {}).get("tokenizer_path"),
+                             m["tokenizer_sha256"]))
+    for source, name, want in recorded:
+        if sha != want:
+            raise ValueError(f"{tokenizer_path} (sha256 {sha[:12]}) is not the tokenizer {source} records "
+                             f"({name}, sha256 {want[:12]}): its bpb would be wrong; pass the matching tokenizer")
+    return sha
 
 
 def load_tokenizer(path: str | Path):

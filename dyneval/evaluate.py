@@ -58,6 +58,14 @@ class EvalResult:
             np.savez(f, **self.stream)
 
 
+def require_finite(source: str, *results: EvalResult) -> None:
+    """Refuse to report a non-finite score: a NaN bpb with exit status 0 looks like a result."""
+    for r in results:
+        if not (math.isfinite(r.nats) and math.isfinite(r.bytes) and r.tokens > 0 and r.bytes > 0):
+            raise ValueError(f"{source}: {r.name} scored a non-finite loss/bpb (nats {r.nats}, bytes {r.bytes}): "
+                             f"the weights or the adaptation diverged")
+
+
 def load_stream(path: str | Path) -> dict:
     with np.load(path) as z:
         return {k: z[k] for k in z.files}

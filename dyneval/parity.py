@@ -37,6 +37,7 @@ class Fixture:
         self.model_cfg = _build(ModelConfig, self.settings["model"], "model")
         self.L = int(self.settings["seq_len"])
         self.state = torch.load(self.dir / "trained.pt", map_location="cpu", weights_only=True)
+        data.check_tokenizer(self.dir / "tokenizer.model", self.dir)
         self.lut = data.build_byte_lut(self.dir / "tokenizer.model", self.model_cfg.vocab_size)
         self.val = data.load_validation_tokens(str(self.dir / "fineweb_val_*.bin"), self.L)
 
@@ -51,6 +52,7 @@ ALL_KEYS = ("val_tokens_used", "byte_count_val", "forward_loss_first_window", "f
             "pre_eval_ttt_then_dynamic", "qat_flag_on_dynamic", "qat_flag_on_pre_eval_ttt_then_eval_val",
             "quant_meta", "quant_sha256", "roundtrip_eval_val", "roundtrip_sliding",
             "train_losses_3_steps_from_trained", "params_after_3_steps")
+MIN_EXPECTED_ENTRIES = 2  # 0 entries passed vacuously; 1 (e.g. a token count) tests no numerics
 PAIR_TOL = {"eval_val": TOL_EXACT_EVAL, "eval_val_sliding": TOL_EXACT_EVAL, "roundtrip_eval_val": TOL_EXACT_EVAL,
             "roundtrip_sliding": TOL_EXACT_EVAL}
 
@@ -173,6 +175,10 @@ def _fmt(v) -> str:
 def run(directory: str | Path, only: set[str] | None = None) -> Report:
     """Compute every entry `expected.json` holds and compare it within the fixture README's tolerances."""
     expected = json.loads((Path(directory) / "expected.json").read_text())
+    if not isinstance(expected, dict) or len(expected) < MIN_EXPECTED_ENTRIES:
+        raise ValueError(f"{Path(directory) / 'expected.json'}: {len(expected)} entries check next to nothing: a "
+                         f"fixture needs at least {MIN_EXPECTED_ENTRIES} (the schema has {len(ALL_KEYS)}); "
+                         f"`parity --write` makes them all")
     keys = [k for k in ALL_KEYS if k in expected and (only is None or k in only)]
     unknown = sorted(set(expected) - set(ALL_KEYS))
     if unknown:

@@ -25,6 +25,9 @@ ZSTD_LEVEL = 22
 SIZE_CAP_BYTES = 16_000_000  # the challenge's cap on code + compressed model
 INT6_CATEGORIES = ("mlp", "attn")
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+MAX_RAW_BYTES = 1 << 34  # decompression cap when no model is given to size it
+RAW_MARGIN_BYTES = 1 << 20  # + 4 kB per tensor: torch.save's zip headers, names and pickle, generously
+META_TYPES = ("passthrough", "passthrough_ctrl") + tuple(f"int{b}" for b in range(2, 9))  # int6 is the run's; other grids: export --bits
 
 
 def category(name: str) -> str:
@@ -124,6 +127,7 @@ def quantize_state_dict(state: dict[str, torch.Tensor], settings: QuantSettings 
 def dequantize_state_dict(tensors: dict, meta: dict, template: dict[str, torch.Tensor],
                           source: str = "artifact") -> dict[str, torch.Tensor]:
     """Undo `quantize_state_dict`, casting each tensor to the dtype of `template` (the model's state dict)."""
+    check_tensors(tensors, meta, source)
     missing = [k for k in template if k not in meta]
     extra = [k for k in meta if k not in template]
     if missing or extra:
@@ -143,13 +147,51 @@ def dequantize_state_dict(tensors: dict, meta: dict, template: dict[str, torch.T
         if tuple(w.shape) != tuple(ref.shape):
             raise ValueError(f"{source}: {name} has shape {tuple(w.shape)}, the model config wants {tuple(ref.shape)}")
         out[name] = w.to(ref.dtype).contiguous()  # back to the model's dtype (bf16 tables on GPU)
+        if out[name].is_floating_point() and not torch.isfinite(out[name]).all():
+            raise ValueError(f"{source}: {name} holds non-finite values after dequantization (NaN weights or an "
+                             f"inf scale): a corrupt or diverged artifact")
     return out
 
 
-def artifact_bytes(state: dict[str, torch.Tensor], settings: QuantSettings = QuantSettings()) -> bytes:
+def check_tensors(tensors: dict, meta: dict, source: str) -> None:
+    """Refuse metadata that does not describe its tensors (one line naming the file and the entry)."""
+    for name, m in meta.items():
+        kind = m.get("type") if isinstance(m, dict) else m
+        if kind not in META_TYPES:
+            raise ValueError(f"{source}: metadata of {name} has unknown type {kind!r} (expected one of {META_TYPES})")
+        if kind.startswith("passthrough"):
+            if not isinstance(tensors.get(name), torch.Tensor):
+                raise ValueError(f"{source}: metadata says {name} is stored as is, but the artifact has no such tensor")
+            continue
+        q, s = tensors.get(name + ".q"), tensors.get(name + ".scale")
+        if not (isinstance(q, torch.Tensor) and isinstance(s, torch.Tensor)):
+            raise ValueError(f"{source}: metadata says {name} is {kind}, but {name}.q / {name}.scale are missing")
+        if q.dtype != torch.int8 or not s.is_floating_point() or q.ndim == 0 \
+                or s.numel() != (q.shape[0] if s.ndim > 0 else 1) or (s.ndim > 0 and q.ndim < 2):
+            raise ValueError(f"{source}: {name}.q {tuple(q.shape)} {q.dtype} and {name}.scale {tuple(s.shape)} "
+                             f"{s.dtype} do not form a {kind} tensor (one scale per row)")
+
+
+def raw_size_bound(template: dict[str, torch.Tensor]) -> int:
+    """The most bytes a sane artifact of this model decompresses to: every tensor at 4 bytes a value, twice.
+
+    The artifact stores 1 (int6/int8), 2 (fp16) or 4 (fp32 control) bytes a value; a zstd stream
+    that claims far more is a decompression bomb (a 64 kB file can expand to gigabytes).
+    """
+    values = sum(t.numel() for t in template.values())
+    return 2 * 4 * values + RAW_MARGIN_BYTES + 4096 * len(template)
+
+
+def artifact_bytes(state: dict[str, torch.Tensor], settings: QuantSettings = QuantSettings(),
+                   source: str = "artifact") -> bytes:
+    """The artifact of `state`; refuses non-finite weights, and finite ones the fp16 storage turns into inf."""
     import zstandard
 
     tensors, meta = quantize_state_dict(state, settings)
+    bad = [k for k, t in {**state, **tensors}.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ValueError(f"{source}: not written: non-finite weights in {len(bad)} tensor(s) ({', '.join(bad[:3])}; "
+                         f"fp16 storage overflows beyond 65504): training diverged; lower the learning rates")
     buf = io.BytesIO()
     torch.save({"w": tensors, "m": meta}, buf)  # the run's container, so its loader reads ours and back
     # level 22: the slowest and smallest; int6 values stored in int8 leave 2 bits per byte for zstd
@@ -157,14 +199,21 @@ def artifact_bytes(state: dict[str, torch.Tensor], settings: QuantSettings = Qua
 
 
 def write_artifact(path: str | Path, state: dict[str, torch.Tensor], settings: QuantSettings = QuantSettings()) -> int:
-    """Quantize, serialize and compress `state` to `path` atomically; return the compressed size."""
-    blob = artifact_bytes(state, settings)
+    """Quantize, serialize and compress `state` to `path` atomically; return the compressed size.
+
+    Non-finite weights are refused: their artifact would score NaN.
+    """
+    blob = artifact_bytes(state, settings, str(path))
     files.write_bytes(path, blob)
     return len(blob)
 
 
-def read_artifact(path: str | Path) -> tuple[dict, dict]:
-    """Decompress and unpickle safely; return (tensors, meta). Errors name the file and the problem."""
+def read_artifact(path: str | Path, max_raw_bytes: int = MAX_RAW_BYTES) -> tuple[dict, dict]:
+    """Decompress (at most `max_raw_bytes`) and unpickle safely; return (tensors, meta).
+
+    Errors name the file and the problem. The cap holds whether or not the frame declares its size:
+    the stream is read, never a size it claims allocated.
+    """
     import zstandard
 
     path = Path(path)
@@ -173,9 +222,20 @@ def read_artifact(path: str | Path) -> tuple[dict, dict]:
     blob = path.read_bytes()
     if blob[:4] != ZSTD_MAGIC:
         raise ValueError(f"{path}: not a zstd stream (the artifact is zstd-22 of torch.save output)")
+    bomb = ValueError(f"{path}: would decompress to more than {max_raw_bytes:,} bytes, far beyond what this model's "
+                      f"artifact can hold: not an artifact of this model (a decompression bomb?)")
     try:
-        raw = zstandard.ZstdDecompressor().decompress(blob, max_output_size=1 << 34)
+        # A frame that declares its size is decompressed into that size whatever max_output_size says.
+        if zstandard.frame_content_size(blob) > max_raw_bytes:
+            raise bomb
+        raw = zstandard.ZstdDecompressor().decompress(blob, max_output_size=max_raw_bytes)
     except zstandard.ZstdError as e:
+        try:  # no declared size: is it more than the cap, or broken?
+            over = len(zstandard.ZstdDecompressor().stream_reader(blob).read(max_raw_bytes + 1)) > max_raw_bytes
+        except zstandard.ZstdError:
+            over = False
+        if over:
+            raise bomb from None
         raise ValueError(f"{path}: corrupt zstd stream ({e})") from None
     try:
         obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
@@ -189,7 +249,7 @@ def read_artifact(path: str | Path) -> tuple[dict, dict]:
 
 
 def load_artifact(path: str | Path, template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    tensors, meta = read_artifact(path)
+    tensors, meta = read_artifact(path, raw_size_bound(template))
     return dequantize_state_dict(tensors, meta, template, source=str(path))
 
 
@@ -237,7 +297,7 @@ def export(run_dir: str | Path, cfg, settings: QuantSettings = QuantSettings(), 
     """
     from . import data, distributed as dist_utils
     from .distributed import Ranks
-    from .evaluate import evaluate_nonoverlap
+    from .evaluate import evaluate_nonoverlap, require_finite
     from .model import GPT, apply_dtype_policy, configure_backends, load_weights
 
     run = Path(run_dir)
@@ -256,12 +316,14 @@ def export(run_dir: str | Path, cfg, settings: QuantSettings = QuantSettings(), 
         apply_dtype_policy(model)
     load_weights(model, load_artifact(artifact, model.state_dict()), str(artifact))
     tc = cfg.train
-    tokens = data.load_validation_tokens(data.val_pattern(tc.data_path), tc.train_seq_len, tc.max_val_tokens)
+    tokens = data.load_validation_tokens(data.val_pattern(tc.data_path), tc.train_seq_len, tc.max_val_tokens,
+                                         cfg.model.vocab_size)
     lut = data.build_byte_lut(tc.tokenizer_path, cfg.model.vocab_size).to(ctx.device)
     batch_seqs = max(1, tc.val_batch_size_tokens // (ctx.world_size * tc.grad_accum_steps(ctx.world_size)
                                                      * tc.train_seq_len))
     rt = evaluate_nonoverlap(model, tokens.to(ctx.device), lut, tc.train_seq_len, batch_seqs, Ranks.current(),
                              autocast=ctx.device.type == "cuda")
+    require_finite(str(artifact), rt)  # no NaN score with exit status 0
     size = size_report(artifact)
     out = {"settings": asdict(settings), "artifact_sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
            "int6_roundtrip": rt.summary(), "size": size}

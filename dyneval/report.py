@@ -204,6 +204,12 @@ def aggregate(runs: dict) -> list[dict]:
         seeds = [s for s, r in good.items() if "bpb" in r["results"].get(v, {}) and "bpb" in r["results"].get("sliding", {})]
         if not seeds:
             continue
+        for s in seeds:
+            for key in ("bpb", "loss"):
+                for name in (v, "sliding"):
+                    if not math.isfinite(good[s]["results"][name].get(key, float("nan"))):
+                        raise ValueError(f"seed {s}: {name} has a non-finite {key} in "
+                                         f"{good[s]['dir'] / 'eval' / 'results.json'}: nothing to aggregate")
         bpb = np.array([good[s]["results"][v]["bpb"] for s in seeds])
         loss = np.array([good[s]["results"][v]["loss"] for s in seeds])
         d_bpb = bpb - np.array([good[s]["results"]["sliding"]["bpb"] for s in seeds])

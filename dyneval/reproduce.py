@@ -2,7 +2,8 @@
 
 Owns `python -m dyneval reproduce --profile P --seeds 42 7 2024 [--out DIR]`. Each seed runs in
 `<out>/seed<N>/` with its executed notebooks kept under `notebooks/`; a seed whose results are complete
-is skipped on a second call; a failing seed is recorded in `FAILED.json` (with the notebook's error)
+is skipped on a second call only when its config and artifact are the ones asked for (otherwise it is
+refused, or run again from scratch with `--fresh`); one reproduction at a time per folder (a lock); a failing seed is recorded in `FAILED.json` (with the notebook's error)
 and the others go on; the report (05) then shows the failure. Progress is plain text, one line per
 event, readable in a terminal, a log file, papermill's output and JupyterLab alike.
 """
@@ -33,6 +34,30 @@ def seed_complete(seed_dir: Path) -> bool:
     return all(v in r and math.isfinite(r[v].get("bpb", float("nan"))) for v in VARIANTS)
 
 
+def seed_differs(seed_dir: Path, cfg) -> str | None:
+    """Why a complete seed is not the run asked for (config, artifact hash, results' artifact), or None."""
+    from .files import sha256_file
+
+    meta = json.loads((seed_dir / "meta.json").read_text())
+    want, have = json.loads(json.dumps(cfg.to_dict())), meta.get("config", {})
+    changed = [f"{s}.{k}: {have.get(s, {}).get(k)!r} -> {v!r}" for s, sec in want.items() if isinstance(sec, dict)
+               for k, v in sec.items() if have.get(s, {}).get(k) != v]
+    if changed or want.get("nproc") != have.get("nproc"):
+        return f"its config differs ({'; '.join(changed[:3]) or 'nproc'})"
+    artifact = seed_dir / "final_model.int6.ptz"
+    sha = meta.get("artifact_sha256") or meta.get("export", {}).get("artifact_sha256")
+    if not sha:
+        return "its meta.json records no artifact hash to check the artifact against (an older run)"
+    if not artifact.is_file() or sha != sha256_file(artifact):
+        return "its artifact is not the one its meta.json records (artifact_sha256)"
+    results = json.loads((seed_dir / "eval" / "results.json").read_text())
+    other = sorted(v for v, r in results.items() if Path(r.get("artifact", "")).resolve() != artifact.resolve()
+                   or r.get("artifact_sha256", sha) != sha)
+    if other:
+        return f"its results of {', '.join(other[:3])} score another artifact"
+    return None
+
+
 def run_notebook(name: str, out_dir: Path, params: dict, timeout: int, log) -> None:
     import papermill
 
@@ -53,18 +78,44 @@ def _error_line(e: Exception) -> str:
 
 def reproduce(profile: str, seeds: list[int], out: str | Path, overrides: list[str] = (),
               seed_overrides: dict[int, list[str]] | None = None, figures: str | Path = "figures",
-              timeout: int = 3600, data_root: str = "data", log=print) -> dict:
-    """Run every seed (skipping complete ones, recording failures), then the report; return a summary."""
-    from . import config
+              timeout: int = 3600, data_root: str = "data", fresh: bool = False, log=print) -> dict:
+    """Run every seed (skipping identical complete ones, recording failures), then the report; return a summary.
+
+    A complete seed whose config or artifact differs from the one asked for is refused, or, with
+    `fresh`, deleted and run again.
+    """
+    from . import config, files
 
     config.preset(profile)  # an unknown profile fails here, before any notebook starts
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    with files.lock_folder(out):
+        return _reproduce(profile, seeds, out, overrides, seed_overrides, figures, timeout, data_root, fresh, log)
+
+
+def _reproduce(profile, seeds, out: Path, overrides, seed_overrides, figures, timeout, data_root, fresh, log) -> dict:
+    import shutil
+
+    from .notebook import make_config
+
+    stale = {}
+    for seed in seeds:  # decide before running anything
+        seed_dir = out / f"seed{seed}"
+        over = list(overrides) + list((seed_overrides or {}).get(seed, []))
+        why = seed_complete(seed_dir) and seed_differs(seed_dir, make_config(profile, seed, ", ".join(over),
+                                                                             str(Path(data_root).resolve())))
+        if why and not fresh:
+            raise ValueError(f"seed {seed}: {seed_dir} holds a complete run, but {why}: pass --fresh to delete it "
+                             f"and run it again, or choose another --out")
+        if why:
+            stale[seed] = why
     summary = {"done": [], "skipped": [], "failed": {}}
     t_all = time.perf_counter()
     for i, seed in enumerate(seeds, 1):
         seed_dir = out / f"seed{seed}"
-        if seed_complete(seed_dir):
+        if seed in stale:
+            log(f"[{i}/{len(seeds)}] seed {seed}: {stale[seed]}: --fresh: deleting {seed_dir} and running it again")
+            shutil.rmtree(seed_dir)
+        elif seed_complete(seed_dir):
             log(f"[{i}/{len(seeds)}] seed {seed}: complete, skipped")
             summary["skipped"].append(seed)
             continue
@@ -106,10 +157,3 @@ def parse_seed_sets(items: list[str] | None) -> dict[int, list[str]]:
             raise ValueError(f"--seed-set {item!r}: expected SEED:FIELD=VALUE")
         out.setdefault(int(seed), []).append(rest.strip())
     return out
-
-
-def main(args) -> int:
-    out = args.out if args.out != "runs/reproduce" else f"runs/reproduce/{args.profile}"
-    s = reproduce(args.profile, args.seeds, out, args.set or [], parse_seed_sets(args.seed_set), args.figures,
-                  args.timeout, args.data_root)
-    return 0 if not s["failed"] else 3

@@ -27,7 +27,7 @@ import torch
 from . import data, distributed as dist_utils, files, quant
 from .config import RunConfig
 from .distributed import Context, Ranks
-from .evaluate import evaluate_nonoverlap
+from .evaluate import evaluate_nonoverlap, require_finite
 from .model import GPT, apply_dtype_policy, configure_backends, load_weights, set_numerics
 from .optim import Optimizers, build_optimizers, lr_scale, muon_momentum
 
@@ -226,7 +226,7 @@ def setup(cfg: RunConfig, out_dir: str | Path, device: str | None) -> tuple[Trai
     tc = cfg.train
     out = Path(out_dir)
     if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        files.output_folder(out)  # a file or a read-only folder is a one-line error
     dist_utils.barrier()
     log = Logger(out / "train.log", ctx.is_main)
     if tc.threads:
@@ -237,10 +237,12 @@ def setup(cfg: RunConfig, out_dir: str | Path, device: str | None) -> tuple[Trai
         raise ValueError(f"train_batch_tokens={tc.train_batch_tokens} gives {local_tokens} tokens per rank and "
                          f"micro-step, not a multiple of train_seq_len={tc.train_seq_len}")
     backends = configure_backends(cfg, ctx.device)
-    loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), ctx.rank, ctx.world_size, ctx.device)
+    loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), ctx.rank, ctx.world_size, ctx.device,
+                                         cfg.model.vocab_size)
+    data.check_tokenizer(tc.tokenizer_path, tc.data_path)  # a tokenizer other than the data's gives a wrong bpb
     lut = data.build_byte_lut(tc.tokenizer_path, cfg.model.vocab_size).to(ctx.device)
     val_tokens = data.load_validation_tokens(data.val_pattern(tc.data_path), tc.train_seq_len,
-                                             tc.max_val_tokens).to(ctx.device)
+                                             tc.max_val_tokens, cfg.model.vocab_size).to(ctx.device)
     base = set_numerics(build_model(cfg, ctx.device), qat=False, expand_kv=backends["expand_kv"])
     compiling = ctx.device.type == "cuda" and tc.compile
     opts = build_optimizers(base, cfg.optim, cfg.model.tie_embeddings, compile_ns=compiling)
@@ -274,7 +276,7 @@ def warm_up(tr: Trainer, st: TrainState) -> None:
     load_weights(st.model, init_model, "initial weights")
     st.opts.load_state_dict(init_opt)
     st.loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), tr.ctx.rank, tr.ctx.world_size,
-                                            tr.ctx.device)
+                                            tr.ctx.device, tr.cfg.model.vocab_size)
     tr.log(f"warmup: {tc.warmup_steps} steps done, weights/optimizer/loader restored")
 
 
@@ -420,6 +422,7 @@ def finish(tr: Trainer, st: TrainState) -> dict:
         load_weights(st.model, st.ema, "EMA")
     state = {k: v.detach().cpu() for k, v in st.model.state_dict().items()}
     ema_val = validate(tr, st)
+    require_finite(str(tr.out), ema_val)  # no NaN score with exit status 0
     if tr.ctx.is_main:
         save_atomic(state, tr.out / quant.FINAL_WEIGHTS)
     dist_utils.barrier()
@@ -429,7 +432,8 @@ def finish(tr: Trainer, st: TrainState) -> dict:
             "steps": st.step, "train_seconds": st.train_ms / 1000.0, "late_qat_step": st.qat_step,
             "qat_enabled_at_end": st.qat_step is not None, "qat_trained": bool(tr.cfg.train.qat_trains),
             "final_ema": ema_val.summary(), "int6_roundtrip": exported["int6_roundtrip"], "size": exported["size"],
-            "export": {k: exported[k] for k in ("settings", "artifact_sha256")}, "history": st.history}
+            "export": {k: exported[k] for k in ("settings", "artifact_sha256")}, "history": st.history,
+            "tokenizer_sha256": files.sha256_file(tr.cfg.train.tokenizer_path)}  # checked at evaluation
     if tr.ctx.is_main:
         files.write_json(tr.out / "meta.json", meta)
         (tr.out / CHECKPOINT).unlink(missing_ok=True)

@@ -15,7 +15,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from . import adapt, data, distributed as dist_utils, files, quant
 from .adapt import Quirks
 from .config import RunConfig
 from .distributed import Ranks
-from .evaluate import EvalResult, compiled, evaluate_nonoverlap, evaluate_sliding
+from .evaluate import EvalResult, compiled, evaluate_nonoverlap, evaluate_sliding, require_finite
 from .model import GPT, apply_dtype_policy, configure_backends, load_weights, set_numerics
 
 LEGAL = "scores every token before any update uses it"
@@ -342,8 +341,11 @@ def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: lis
     ctx = dist_utils.setup(device)
     backends = configure_backends(cfg, ctx.device)
     e = cfg.eval
+    # a tokenizer other than the data's (or the run's) would give a wrong bpb with a right-looking loss
+    data.check_tokenizer(cfg.train.tokenizer_path, cfg.train.data_path, Path(artifact).parent / "meta.json")
     lut = data.build_byte_lut(cfg.train.tokenizer_path, cfg.model.vocab_size).to(ctx.device)
-    tokens = data.load_validation_tokens(data.val_pattern(cfg.train.data_path), e.eval_seq_len, e.max_val_tokens)
+    tokens = data.load_validation_tokens(data.val_pattern(cfg.train.data_path), e.eval_seq_len, e.max_val_tokens,
+                                         cfg.model.vocab_size)
     tokens = tokens.to(ctx.device)
     ck = Checkpoint(cfg, Path(artifact), ctx.device)
     ranks = default_ranks(cfg, virtual_ranks)
@@ -351,7 +353,7 @@ def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: lis
     results_path = out / "results.json"
     results = load_results(results_path, ck.sha256, cfg, fresh)
     if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        files.output_folder(out)
         # document boundaries (target index of each BOS), for per-document figures
         bos = torch.nonzero(tokens[1:] == data.BOS_ID).flatten().cpu().numpy()
         with files.atomic_open(out / "doc_starts.npy") as f:
@@ -368,9 +370,7 @@ def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: lis
                 files.write_json(results_path, results)
                 write_run_tables(results, out)
             raise
-        if not math.isfinite(res.bpb):
-            raise FloatingPointError(f"{name}: bpb is {res.bpb} on {artifact}: the weights or the adaptation "
-                                     f"produced non-finite scores")
+        require_finite(str(artifact), res)  # no NaN score with exit status 0
         settings = {"quirks": asdict(job.quirks), **job.ranks.describe(), **settings,
                     "scoring": asdict(e.scoring), "dtypes": table_dtypes(job)}
         results[name] = {**res.summary(), "legal": v.legal, "legal_reason": v.reason, "description": v.description,
