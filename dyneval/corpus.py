@@ -261,7 +261,7 @@ def download_fineweb(root: str | Path = "data", variant: str = "sp1024", train_s
             f"could not fetch datasets/manifest.json from the Hub dataset {HUB_REPO} "
             f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}). Offline? Download "
             f"{HUB_PREFIX}/datasets/{name}/ and {HUB_PREFIX}/tokenizers/ by hand into {ds} and {root / 'tokenizers'}, "
-            f"or pass --data-path and --tokenizer-path (or DATA_PATH / TOKENIZER_PATH) to an existing copy") from None
+            f"or pass --data-path and --tokenizer-path (or --env with DATA_PATH / TOKENIZER_PATH) to an existing copy") from None
     manifest = json.loads(manifest_path.read_text())
     n_train, n_val, tok_files = _dataset_entry(manifest, name)
     if train_shards > n_train:

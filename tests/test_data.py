@@ -165,11 +165,11 @@ def test_offline_the_real_downloader_fails_at_once_with_one_line_saying_what_to_
     assert time.perf_counter() - t0 < 60
 
 
-def test_an_existing_local_copy_is_accepted_through_the_run_environment_variables(corpus_root, tmp_path):
+def test_an_existing_local_copy_is_accepted_through_the_run_environment_variables_with_env(corpus_root, tmp_path):
     from conftest import run_cli
     ds = corpus_root / "datasets" / "embedded_sp1024"
     tok = corpus_root / "tokenizers" / "embedded_1024_bpe.model"
-    r = run_cli("data", "fineweb", env={"DATA_PATH": str(ds), "TOKENIZER_PATH": str(tok)})
+    r = run_cli("data", "fineweb", "--env", env={"DATA_PATH": str(ds), "TOKENIZER_PATH": str(tok)})
     assert r.returncode == 0 and "'shards': 2" in r.stdout, r.stderr
     bad = tmp_path / "copy"
     shutil.copytree(ds, bad)
