@@ -109,6 +109,7 @@ def _reproduce(profile, seeds, out: Path, overrides, seed_overrides, figures, ti
         if why:
             stale[seed] = why
     summary = {"done": [], "skipped": [], "failed": {}}
+    seed_seconds: list[float] = []  # for the estimate of the time left, printed after each seed
     t_all = time.perf_counter()
     for i, seed in enumerate(seeds, 1):
         seed_dir = out / f"seed{seed}"
@@ -139,7 +140,10 @@ def _reproduce(profile, seeds, out: Path, overrides, seed_overrides, figures, ti
             log(f"[{i}/{len(seeds)}] seed {seed} FAILED: {err}")
             continue
         summary["done"].append(seed)
-        log(f"[{i}/{len(seeds)}] seed {seed} done in {time.perf_counter() - t0:.0f} s")
+        seed_seconds.append(time.perf_counter() - t0)
+        left = sum(1 for s in seeds[i:] if not seed_complete(out / f"seed{s}") or s in stale)
+        eta = f"; about {left * sum(seed_seconds) / len(seed_seconds) / 60:.0f} min for the {left} left" if left else ""
+        log(f"[{i}/{len(seeds)}] seed {seed} done in {seed_seconds[-1]:.0f} s{eta}")
     log("report ...")
     run_notebook("05_report", out / "notebooks", {"runs_root": str(out), "figures_dir": str(Path(figures).resolve())},
                  timeout, log)
