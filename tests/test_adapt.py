@@ -20,7 +20,8 @@ def fixture_config(fixture_dir, **eval_over) -> RunConfig:
         "train.data_path": str(fixture_dir), "train.tokenizer_path": str(fixture_dir / "tokenizer.model"),
         "eval.eval_seq_len": 128, "eval.eval_stride": 32, "eval.eval_batch_seqs": 4, "eval.max_val_tokens": 2049,
         "eval.ttt_batch_seqs": 2, "eval.ttt_chunk_tokens": 512, "eval.ttt_epochs": 1, "eval.dyneval_lr": 0.01,
-        "eval.adapt_every": 2, "eval.krause_batches": 2, "eval.tail_lr": 0.01, **eval_over})
+        "eval.adapt_every": 2, "eval.krause_batches": 2, "eval.tail_lr": 0.01,
+        "eval.ranks": 1, **eval_over})  # ranks: as many as processes run, unless a test emulates more
 
 
 @pytest.fixture(scope="module")
