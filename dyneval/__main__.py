@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="score adaptation variants on one checkpoint's artifact")
     config_args(ev, run_dir=True)
     ev.add_argument("--artifact", help="an int6 artifact (.ptz) scored with the --profile/--config model")
+    ev.add_argument("--data", help="dataset folder (same as --set train.data_path=...)")
+    ev.add_argument("--tokenizer", help="tokenizer (same as --set train.tokenizer_path=...)")
     ev.add_argument("--variants", default="nonoverlap,sliding", help="comma-separated; `all` for every variant")
     ev.add_argument("--quirks", help="the run's quirks for its own variants, e.g. qat_on=0,bf16_tables=0,rank_local=0")
     ev.add_argument("--virtual-ranks", type=positive_int, help="emulate K ranks (default: the profile's eval.ranks)")
@@ -218,6 +220,8 @@ def cmd_evaluate(args) -> int:
         raise ValueError("evaluate needs --run-dir RUN (a training run folder) or --artifact FILE")
     if args.run_dir and args.artifact:
         raise ValueError("give either --run-dir or --artifact, not both")
+    args.set = (args.set or []) + [f"train.data_path={args.data}"] * bool(args.data) \
+        + [f"train.tokenizer_path={args.tokenizer}"] * bool(args.tokenizer)
     cfg = resolved(args).config
     artifact = Path(args.run_dir) / "final_model.int6.ptz" if args.run_dir else Path(args.artifact)
     variants, quirks = parse_variants(args.variants), parse_quirks(args.quirks or "")

@@ -184,8 +184,9 @@ def test_every_torchrun_command_line_of_the_readme_runs_under_gloo_with_two_proc
         port = _free_port()
         words = [f"--nproc_per_node={2 // nodes}" if w.startswith("--nproc_per_node=") else
                  w.replace("HOST:29500", f"127.0.0.1:{port}") for w in words]
-        if "--profile" in words:
-            words += ["--config", str(quick_json)]
+        if "--profile" in words:  # the profile gives way to the tiny config (the two are exclusive)
+            i = words.index("--profile")
+            words[i: i + 2] = ["--config", str(quick_json)]
         cmd = [sys.executable, "-m", "torch.distributed.run", *words[1:]]
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                   cwd=tmp_path) for _ in range(nodes)]
@@ -201,11 +202,11 @@ def test_the_notebooks_launch_training_and_evaluation_under_torchrun_with_two_pr
                                                                                        monkeypatch):
     from dyneval import notebook
 
-    monkeypatch.setattr(notebook, "num_processes", lambda: 2)
+    monkeypatch.setattr(notebook, "num_processes", lambda cfg: 2)
     log = []
     meta = notebook.train_stage(quick_cfg, tmp_path / "run", log=log.append)
     assert meta["env"]["world_size"] == 2
-    results = notebook.evaluate_stage(tmp_path / "run", "nonoverlap,sliding", log=log.append)
+    results = notebook.evaluate_stage(quick_cfg, tmp_path / "run", "nonoverlap,sliding", log=log.append)
     assert any("torch.distributed.run" in line for line in log)
     assert set(results) == {"nonoverlap", "sliding"} and all(r["world_size"] == 2 for r in results.values())
 
