@@ -534,7 +534,7 @@ def test_artifact_metadata_that_does_not_match_its_tensors_is_a_one_line_error(t
         elif edit == "scale_rows":
             tensors[quantized + ".scale"] = tensors[quantized + ".scale"][:-1]
         else:
-            meta[quantized] = {"type": "int4"}
+            meta[quantized] = {"type": "int12"}  # int2..int8 are grids `export --bits` writes
 
     bad = _artifact_with(wide[2], tmp_path / "bad.ptz", change)
     one_line_error(run_cli("evaluate", "--artifact", bad, "--config", wide[1], "--variants", "nonoverlap",
