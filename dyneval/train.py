@@ -239,8 +239,8 @@ def setup(cfg: RunConfig, out_dir: str | Path, device: str | None) -> tuple[Trai
     backends = configure_backends(cfg, ctx.device)
     loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), ctx.rank, ctx.world_size, ctx.device,
                                          cfg.model.vocab_size)
+    lut = data.build_byte_lut(tc.tokenizer_path, cfg.model.vocab_size).to(ctx.device)  # vocab size first
     data.check_tokenizer(tc.tokenizer_path, tc.data_path)  # a tokenizer other than the data's gives a wrong bpb
-    lut = data.build_byte_lut(tc.tokenizer_path, cfg.model.vocab_size).to(ctx.device)
     val_tokens = data.load_validation_tokens(data.val_pattern(tc.data_path), tc.train_seq_len,
                                              tc.max_val_tokens, cfg.model.vocab_size).to(ctx.device)
     base = set_numerics(build_model(cfg, ctx.device), qat=False, expand_kv=backends["expand_kv"])

@@ -342,8 +342,8 @@ def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: lis
     backends = configure_backends(cfg, ctx.device)
     e = cfg.eval
     # a tokenizer other than the data's (or the run's) would give a wrong bpb with a right-looking loss
+    lut = data.build_byte_lut(cfg.train.tokenizer_path, cfg.model.vocab_size).to(ctx.device)  # vocab size first
     data.check_tokenizer(cfg.train.tokenizer_path, cfg.train.data_path, Path(artifact).parent / "meta.json")
-    lut = data.build_byte_lut(cfg.train.tokenizer_path, cfg.model.vocab_size).to(ctx.device)
     tokens = data.load_validation_tokens(data.val_pattern(cfg.train.data_path), e.eval_seq_len, e.max_val_tokens,
                                          cfg.model.vocab_size)
     tokens = tokens.to(ctx.device)
