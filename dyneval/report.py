@@ -541,11 +541,3 @@ def build_report(runs_dir: str | Path, out_dir: str | Path) -> dict:
     return {"seeds": list(runs), "failed": [s for s, r in runs.items() if "failed" in r], "rows": agg,
             "figures": [str(p) for p in figures], "tables": [str(out / n) for n in
                                                               ("ablation.md", "ablation.csv", "ablation_per_seed.csv")]}
-
-
-def main(args) -> int:
-    r = build_report(args.runs, args.figures)
-    print(f"report: {len(r['seeds'])} seed(s), {len(r['failed'])} failed -> {', '.join(r['tables'])}")
-    for f in r["figures"]:
-        print(f"  {f}")
-    return 0
