@@ -35,7 +35,7 @@ def test_every_dyneval_command_of_the_gpu_check_parses_with_this_cli(tmp_path):
     parsed = [build_parser().parse_args(c[3:]) for c in commands]
     assert parsed[0].command == "reproduce" and parsed[0].profile == "gpu_smoke" and parsed[0].seeds == [42]
     assert parsed[1].command == "bench" and parsed[1].what == "compare" and parsed[1].profile == "gpu_smoke"
-    assert parsed[1].run == parsed[0].out + "/seed42"  # the benchmark scores step 2's checkpoint
+    assert parsed[1].checkpoint_run == parsed[0].out + "/seed42"  # the benchmark scores step 2's checkpoint
 
 
 STUB = """#!/usr/bin/env bash
