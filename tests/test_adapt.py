@@ -100,8 +100,12 @@ def test_two_virtual_ranks_on_one_process_equal_a_real_two_process_gloo_run(fixt
     for name in RANK_LOCAL:
         a = np.load(tmp_path / "virtual" / f"{name}.npz")
         b = np.load(tmp_path / "real" / f"{name}.npz")
+        # after the pre-eval TTT (rank-dependent), its sliding / non-overlapping pass is split over the real
+        # processes, so only its `rank` column says how many there were
+        same_split = name not in ("pre_eval_ttt", "pre_eval_ttt+nonoverlap")
         for k in a.files:
-            assert np.array_equal(a[k], b[k]), (name, k)
+            if k != "rank" or same_split:
+                assert np.array_equal(a[k], b[k]), (name, k)
     assert run_cli(*common, "--out", tmp_path / "one").returncode == 0
     x = json.loads((tmp_path / "one" / "results.json").read_text())["dynamic"]["bpb"]
     y = json.loads((tmp_path / "real" / "results.json").read_text())["dynamic"]["bpb"]
