@@ -392,7 +392,9 @@ def test_02_train_streams_its_log_and_resumes_after_an_interrupt_at_the_uninterr
     assert seen and seen[-1][1] >= 8, f"training ended before it could be interrupted: {seen}"
     # streaming: the step lines arrived one after another while the cell was still running
     counts = [n for _, n in seen if n]
-    assert len(counts) >= 3 and counts == sorted(counts), f"log did not stream into the cell: {seen}"
+    # (two growing counts below the final one suffice: on a loaded box the page is sampled seconds apart;
+    # output dumped at the end would show one count only)
+    assert len(counts) >= 2 and counts == sorted(counts) and counts[0] < 8, f"log did not stream into the cell: {seen}"
 
     nb.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) [data-command='notebook:interrupt-kernel']").click()
     nb.wait_idle(300)
