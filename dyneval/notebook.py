@@ -227,7 +227,6 @@ def train_stage(cfg: RunConfig, run_dir: str | Path, log=print) -> dict:
 def export_stage(run_dir: str | Path, settings=None, log=print) -> dict:
     """The export stage on a trained run (in this process): skipped when `export.json` already holds
     these settings and the artifact on disk is the one it describes."""
-    import hashlib
 
     from . import quant
 
@@ -237,7 +236,7 @@ def export_stage(run_dir: str | Path, settings=None, log=print) -> dict:
     if done.is_file() and artifact.is_file():
         prev = json.loads(done.read_text())
         if prev["settings"] == asdict(settings) and \
-                prev["artifact_sha256"] == hashlib.sha256(artifact.read_bytes()).hexdigest():
+                prev["artifact_sha256"] == files.sha256_file(artifact):
             log(f"{artifact} already holds these quantization settings: export skipped")
             return prev
     cfg = RunConfig.from_dict(json.loads((run_dir / "meta.json").read_text())["config"])

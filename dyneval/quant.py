@@ -8,7 +8,6 @@ against the challenge's 16,000,000-byte cap (compressed model + code).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import sys
 from dataclasses import asdict, dataclass
@@ -325,7 +324,7 @@ def export(run_dir: str | Path, cfg, settings: QuantSettings = QuantSettings(), 
                              autocast=ctx.device.type == "cuda")
     require_finite(str(artifact), rt)  # no NaN score with exit status 0
     size = size_report(artifact)
-    out = {"settings": asdict(settings), "artifact_sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
+    out = {"settings": asdict(settings), "artifact_sha256": files.sha256_file(artifact),
            "int6_roundtrip": rt.summary(), "size": size}
     if ctx.is_main:
         files.write_json(run / "size_report.json", size)

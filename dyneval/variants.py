@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -49,7 +48,7 @@ class Checkpoint:
         torch.manual_seed(0)  # the template's init values are overwritten; the seed keeps it cheap to reason about
         template = GPT(cfg.model).state_dict()
         self.state = quant.load_artifact(artifact, template)
-        self.sha256 = hashlib.sha256(self.artifact.read_bytes()).hexdigest()
+        self.sha256 = files.sha256_file(self.artifact)
 
     @classmethod
     def from_state(cls, cfg: RunConfig, state: dict, device: torch.device) -> "Checkpoint":
