@@ -57,15 +57,21 @@ def uninterrupted(tmp_path_factory, corpus_root):
 def test_ctrl_c_at_random_points_resumes_to_the_uninterrupted_artifact(uninterrupted, corpus_root, tmp_path):
     rng = random.Random(397)
     points = sorted(rng.sample(range(1, 11), 5))
+    interrupted = 0
     for k in points:
         out = tmp_path / f"int{k}"
         rc, log = _signal_when(_train(out, corpus_root), f"step:{k}/12 train_loss", signal.SIGINT,
                                delay=rng.uniform(0.0, 0.3))
-        assert rc == 130 and "checkpoint: step" in log and "(interrupted)" in log, log[-1500:]
-        r = subprocess.run(_train(out, corpus_root, "--resume"), capture_output=True, text=True, env=_env(),
-                           cwd=REPO, timeout=600)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        if rc == 0:  # on a fast box the signal can land after the last step: the export finishes regardless
+            assert "(end of training)" in log and (out / "meta.json").is_file(), log[-1500:]
+        else:
+            assert rc == 130 and "checkpoint: step" in log and "(interrupted)" in log, log[-1500:]
+            interrupted += 1
+            r = subprocess.run(_train(out, corpus_root, "--resume"), capture_output=True, text=True, env=_env(),
+                               cwd=REPO, timeout=600)
+            assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         assert _sha(out / "final_model.int6.ptz") == uninterrupted, f"SIGINT after step {k}"
+    assert interrupted >= 3, f"only {interrupted} of {len(points)} signals landed inside the training loop"
 
 
 def test_a_signal_during_the_final_export_does_not_lose_the_run(uninterrupted, corpus_root, tmp_path):
