@@ -299,9 +299,20 @@ COMMANDS = {"data": cmd_data, "train": cmd_train, "export": cmd_export, "evaluat
             "config": cmd_config}
 
 
+# Commands that compute with torch in this process: their OpenMP wait policy follows the machine's load.
+TORCH_COMMANDS = ("train", "export", "evaluate", "parity", "bench")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("DYNEVAL_DEBUG") == "1"
+    if args.command in TORCH_COMMANDS:
+        from . import cpu
+
+        chosen = cpu.choose_wait_policy()
+        if chosen["omp_wait_policy"] == "PASSIVE" and chosen["why"] != "set by the user":
+            print(f"cpu: {chosen['why']}: OpenMP threads sleep between parallel regions (OMP_WAIT_POLICY=PASSIVE; "
+                  f"set OMP_WAIT_POLICY=ACTIVE to keep them spinning)", flush=True)
     try:
         return COMMANDS[args.command](args)
     except USER_ERRORS as e:

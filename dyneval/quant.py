@@ -310,7 +310,7 @@ def export(run_dir: str | Path, cfg, settings: QuantSettings = QuantSettings(), 
     if ctx.is_main:
         write_artifact(artifact, state, settings)
     dist_utils.barrier()
-    model = GPT(cfg.model).to(ctx.device)
+    model = GPT(cfg.model, init_weights=False).to(ctx.device)  # the artifact's weights are loaded next
     if ctx.device.type == "cuda":
         apply_dtype_policy(model)
     load_weights(model, load_artifact(artifact, model.state_dict()), str(artifact))

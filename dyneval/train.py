@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import data, distributed as dist_utils, files, quant
+from . import cpu, data, distributed as dist_utils, files, quant
 from .config import RunConfig
 from .distributed import Context, Ranks
 from .evaluate import evaluate_nonoverlap, require_finite
@@ -49,7 +49,7 @@ def git_info() -> dict:
 def environment_info(device: torch.device) -> dict:
     info = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
             "platform": platform.platform(), "device": str(device), "world_size": dist_utils.world_size(),
-            **git_info()}
+            "cpu_threads": torch.get_num_threads(), "openmp": dict(cpu.decision) or None, **git_info()}
     if device.type == "cuda":
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info

@@ -45,8 +45,7 @@ class Checkpoint:
 
     def __init__(self, cfg: RunConfig, artifact: Path, device: torch.device):
         self.cfg, self.artifact, self.device = cfg, Path(artifact), device
-        torch.manual_seed(0)  # the template's init values are overwritten; the seed keeps it cheap to reason about
-        template = GPT(cfg.model).state_dict()
+        template = GPT(cfg.model, init_weights=False).state_dict()  # names, shapes and dtypes only
         self.state = quant.load_artifact(artifact, template)
         self.sha256 = files.sha256_file(self.artifact)
 
@@ -58,7 +57,7 @@ class Checkpoint:
         return ck
 
     def model(self, bf16_tables: bool = True) -> GPT:
-        m = GPT(self.cfg.model).to(self.device)
+        m = GPT(self.cfg.model, init_weights=False).to(self.device)  # every weight is loaded next
         if self.device.type == "cuda":
             apply_dtype_policy(m, bf16_tables=bf16_tables)
         return load_weights(m, self.state, str(self.artifact))
@@ -294,8 +293,15 @@ def job_for(variant: Variant, cfg: RunConfig, ck: Checkpoint, tokens, lut, quirk
 
 
 def table_dtypes(job: Job) -> dict:
-    """The dtypes a variant's model holds (recorded per variant: tables, linears, control tensors)."""
-    m = job.model()
+    """The dtypes a variant's model holds (recorded per variant: tables, linears, control tensors);
+    they follow from the device and the bf16_tables quirk, so one model per quirk setting says."""
+    key = ("dtypes", job.quirks.bf16_tables)
+    if key not in job.cache:
+        job.cache[key] = _dtypes(job.model())
+    return job.cache[key]
+
+
+def _dtypes(m: GPT) -> dict:
     pick = {"tok_emb": "tok_emb.weight", "bigram_table": "bigram.embed.weight", "linear": "blocks.0.attn.c_q.weight",
             "control": "blocks.0.attn_scale"}
     params = dict(m.named_parameters())

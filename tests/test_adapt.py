@@ -207,3 +207,23 @@ def test_results_of_another_artifact_are_never_merged_into_a_results_folder(fixt
     r = run_cli(*common, "--artifact", other)
     assert r.returncode == 2 and "holds results of another artifact or config" in r.stderr
     assert run_cli(*common, "--artifact", other, "--fresh").returncode == 0
+
+
+def test_the_three_pre_eval_ttt_variants_score_one_shared_ttt_exactly_as_three_separate_ttts(setup):
+    """evaluate trains the run's pre-eval TTT once per call and scores its three passes from it; the
+    numbers are bitwise those of training it anew for each (what the code did before the cache)."""
+    cfg, ck, lut, tokens = setup
+    names = ["pre_eval_ttt", "pre_eval_ttt+nonoverlap", "pre_eval_ttt+dynamic"]
+
+    def run(name, cache):
+        v = variants.VARIANTS[name]
+        job = variants.job_for(v, cfg, ck, tokens, lut, Quirks(), Ranks.current(None), {"expand_kv": False}, cache)
+        return v.run(job)[0]
+
+    shared: dict = {}
+    once = [run(n, shared) for n in names]
+    assert [k[0] for k in shared if isinstance(k, tuple)].count("pre_eval_ttt") == 1  # trained once
+    for n, a in zip(names, once):
+        b = run(n, {})  # its own TTT
+        assert (a.loss, a.bpb) == (b.loss, b.bpb), n
+        assert np.array_equal(a.stream["nats"], b.stream["nats"]), n
