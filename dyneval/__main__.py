@@ -310,7 +310,7 @@ def main(argv=None) -> int:
         from . import cpu
 
         chosen = cpu.choose_wait_policy()
-        if chosen["omp_wait_policy"] == "PASSIVE" and chosen["why"] != "set by the user":
+        if chosen["omp_wait_policy"] == "PASSIVE" and chosen["source"] == "load":
             print(f"cpu: {chosen['why']}: OpenMP threads sleep between parallel regions (OMP_WAIT_POLICY=PASSIVE; "
                   f"set OMP_WAIT_POLICY=ACTIVE to keep them spinning)", flush=True)
     try:

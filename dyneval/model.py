@@ -202,9 +202,9 @@ class SmearGate(nn.Module):
 
 
 class GPT(nn.Module):
-    """`init_weights=False` skips the run's init, for a model whose weights are loaded next: the
-    orthogonal init costs about 0.2 s per matrix on a 2-core CPU (1.4 s for the smoke model), which
-    evaluation used to pay for every variant."""
+    """The record GPT. `init_weights=False` skips the run's init, for a model whose weights are
+    loaded next: the orthogonal init takes about 25 ms for the smoke model on a quiet 2-core CPU but
+    1.4 s beside a busy process (docs/LOG.md), and evaluation used to pay it twice per variant."""
 
     def __init__(self, cfg: ModelConfig, init_weights: bool = True):
         super().__init__()

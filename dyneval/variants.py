@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import adapt, data, distributed as dist_utils, files, quant
+from . import adapt, cpu, data, distributed as dist_utils, files, quant
 from .adapt import Quirks
 from .config import RunConfig
 from .distributed import Ranks
@@ -380,7 +380,8 @@ def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: lis
                     "scoring": asdict(e.scoring), "dtypes": table_dtypes(job)}
         results[name] = {**res.summary(), "legal": v.legal, "legal_reason": v.reason, "description": v.description,
                          "faithful": v.faithful, "rank_local": v.rank_local, "settings": settings,
-                         "backends": backends, "artifact": str(artifact), "artifact_sha256": ck.sha256,
+                         "backends": backends, "cpu_threads": torch.get_num_threads(),
+                         "openmp": dict(cpu.decision) or None, "artifact": str(artifact), "artifact_sha256": ck.sha256,
                          "eval_config": asdict(e), "model_config": asdict(cfg.model), "world_size": ctx.world_size,
                          "device": str(ctx.device)}
         if ctx.is_main:

@@ -38,10 +38,11 @@ LEGAL = [n for n, v in variants.VARIANTS.items() if v.legal]
 RANK_LOCAL = [n for n, v in variants.VARIANTS.items() if v.rank_local]
 
 
-def run_variant(name, ck, tokens, lut, virtual=None, quirks=Quirks()):
-    """One registry entry on fresh weights, as the evaluate stage runs it."""
+def run_variant(name, ck, tokens, lut, virtual=None, quirks=Quirks(), cache=None):
+    """One registry entry on fresh weights, as the evaluate stage runs it (`cache`: shared with other calls)."""
     v = variants.VARIANTS[name]
-    job = variants.job_for(v, ck.cfg, ck, tokens, lut, quirks, Ranks.current(virtual), {"expand_kv": False}, {})
+    job = variants.job_for(v, ck.cfg, ck, tokens, lut, quirks, Ranks.current(virtual), {"expand_kv": False},
+                           {} if cache is None else cache)
     return v.run(job)
 P = 1200  # the two streams agree on tokens 0..P
 
@@ -214,16 +215,10 @@ def test_the_three_pre_eval_ttt_variants_score_one_shared_ttt_exactly_as_three_s
     numbers are bitwise those of training it anew for each (what the code did before the cache)."""
     cfg, ck, lut, tokens = setup
     names = ["pre_eval_ttt", "pre_eval_ttt+nonoverlap", "pre_eval_ttt+dynamic"]
-
-    def run(name, cache):
-        v = variants.VARIANTS[name]
-        job = variants.job_for(v, cfg, ck, tokens, lut, Quirks(), Ranks.current(None), {"expand_kv": False}, cache)
-        return v.run(job)[0]
-
     shared: dict = {}
-    once = [run(n, shared) for n in names]
+    once = [run_variant(n, ck, tokens, lut, cache=shared)[0] for n in names]
     assert [k[0] for k in shared if isinstance(k, tuple)].count("pre_eval_ttt") == 1  # trained once
     for n, a in zip(names, once):
-        b = run(n, {})  # its own TTT
+        b = run_variant(n, ck, tokens, lut)[0]  # its own TTT
         assert (a.loss, a.bpb) == (b.loss, b.bpb), n
         assert np.array_equal(a.stream["nats"], b.stream["nats"]), n

@@ -104,8 +104,9 @@ def inject_parameters(path: Path, values: dict) -> None:
 
 # A stand-in for the kernel: one cell's `launch`, and what it raises.
 KERNEL = """
-import sys
+import signal, sys
 from dyneval import notebook
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as a kernel does, even when started with SIGINT ignored
 try:
     notebook.launch(["train", "--config", sys.argv[1], "--out", sys.argv[2], "--resume"], nproc=1)
 except KeyboardInterrupt as e:
