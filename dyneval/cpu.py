@@ -7,8 +7,8 @@ they spin between parallel regions, which is fastest on a quiet machine and very
 process (the spinning threads take the cores from the thread doing the work: smoke training 5-7x
 slower beside one busy loop on 2 cores). Sleeping (`OMP_WAIT_POLICY=PASSIVE`) keeps that near the
 fair 2x but costs 25% on a quiet machine, and still 16% beside a process that keeps 0.6 of a core
-busy (docs/LOG.md). So: when other processes leave the stage's threads fewer idle cores than it has
-threads, by `BUSY_CORES` or more, it runs PASSIVE; otherwise with libgomp's default. A wait policy
+busy (docs/LOG.md). So: when other processes' load exceeds the cores the stage's threads leave idle
+by `BUSY_CORES` or more, it runs PASSIVE; otherwise with libgomp's default. A wait policy
 or spin count already in the environment is always kept. Not sampled: several ranks of one torchrun
 on this machine (each would see the others starting) and machines without /proc/stat. Load that
 arrives after a stage has started is not seen: OpenMP reads its settings once.

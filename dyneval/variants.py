@@ -298,7 +298,7 @@ def table_dtypes(job: Job) -> dict:
     key = ("dtypes", job.quirks.bf16_tables)
     if key not in job.cache:
         job.cache[key] = _dtypes(job.model())
-    return job.cache[key]
+    return dict(job.cache[key])
 
 
 def _dtypes(m: GPT) -> dict:
