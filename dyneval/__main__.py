@@ -171,10 +171,8 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from . import distributed
+    from . import distributed, files
     from .train import CHECKPOINT, train
-
-    from . import files
 
     cfg = resolved(args).config
     lock = files.lock_folder(args.out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()

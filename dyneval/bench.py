@@ -139,18 +139,14 @@ def dynamic_compiled_vs_eager(run_dir: str | Path, device: str | None = None,
     differently). The run's attention backend, whatever a fast bench before this one left set.
     """
     from .config import RunConfig
-    from .data import build_byte_lut, load_validation_tokens, val_pattern
-    from .variants import default_ranks
+    from .variants import default_ranks, evaluation_inputs
 
     ctx = dist_utils.setup(device)
     run_dir = Path(run_dir)
     meta = json.loads((run_dir / "meta.json").read_text())
     cfg = RunConfig.from_dict(meta["config"])
-    e = cfg.eval
     backends = configure_backends(cfg, ctx.device)
-    lut = build_byte_lut(cfg.train.tokenizer_path, cfg.model.vocab_size).to(ctx.device)
-    tokens = load_validation_tokens(val_pattern(cfg.train.data_path), e.eval_seq_len, e.max_val_tokens).to(ctx.device)
-    ck = Checkpoint(cfg, run_dir / "final_model.int6.ptz", ctx.device)
+    lut, tokens, ck = evaluation_inputs(cfg, run_dir / "final_model.int6.ptz", ctx.device)
     quirks = Quirks(qat_on=meta.get("qat_enabled_at_end", True))
     out = {"run": str(run_dir), "tokens": tokens.numel()}
     v = VARIANTS["dynamic"]

@@ -47,8 +47,6 @@ HUB_PREFIX = "datasets"
 VARIANTS = {"sp1024": ("fineweb10B_sp1024", "fineweb_1024_bpe.model")}
 
 
-sha256_file = files.sha256_file
-
 
 # ----------------------------------------------------------------------------------------------
 # The embedded default corpus
@@ -138,7 +136,7 @@ def _manifest_matches(manifest_path: Path, root: Path) -> bool:
     if (m.get("python") != sys.version.split()[0] or m.get("sp_settings") != SP_SETTINGS
             or m.get("format") != EMBEDDED_FORMAT):
         return False
-    return all((root / rel).is_file() and sha256_file(root / rel) == h for rel, h in m.get("sha256", {}).items())
+    return all((root / rel).is_file() and files.sha256_file(root / rel) == h for rel, h in m.get("sha256", {}).items())
 
 
 def build_embedded(root: str | Path = "data", force: bool = False, log=print) -> dict:
@@ -172,7 +170,7 @@ def build_embedded(root: str | Path = "data", force: bool = False, log=print) ->
         "tokens": {"train": int(train_tokens.size), "val": int(val_tokens.size)},
         "val_bytes": val_bytes, "val_bytes_per_token": val_bytes / max(val_tokens.size - 1, 1),
         "tokenizer": str(tok_path.relative_to(root)),
-        "sha256": {str(f.relative_to(root)): sha256_file(f) for f in written},
+        "sha256": {str(f.relative_to(root)): files.sha256_file(f) for f in written},
         "seconds": round(time.perf_counter() - t0, 2),
     }
     files.write_json(manifest_path, manifest)

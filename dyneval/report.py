@@ -490,8 +490,9 @@ def plot_training_curves(a, b, metas: dict) -> str:
     """
     shown = bool(metas) and all(is_record_config(m.get("config", {})) for m in metas.values())
     if shown:
-        for i, (seed, log) in enumerate(load_published()["seeds"].items()):
-            label = "published, 8×H100 (seeds " + ", ".join(load_published()["seeds"]) + ")" if i == 0 else None
+        published = load_published()["seeds"]
+        for i, (seed, log) in enumerate(published.items()):
+            label = "published, 8×H100 (seeds " + ", ".join(published) + ")" if i == 0 else None
             a.plot([t["step"] for t in log["train"]], [t["train_loss"] for t in log["train"]], color="0.55",
                    lw=0.7, ls=":", label=label)
             b.plot([t["step"] for t in log["val"]], [t["val_bpb"] for t in log["val"]], color="0.55", lw=0.7,

@@ -214,6 +214,7 @@ class Trainer:
     local_tokens: int
     val_batch_seqs: int
     backends: dict
+    tokenizer_sha256: str  # checked against the data's manifest at setup; recorded in meta.json
 
     @property
     def autocast(self) -> bool:
@@ -240,7 +241,7 @@ def setup(cfg: RunConfig, out_dir: str | Path, device: str | None) -> tuple[Trai
     loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), ctx.rank, ctx.world_size, ctx.device,
                                          cfg.model.vocab_size)
     lut = data.build_byte_lut(tc.tokenizer_path, cfg.model.vocab_size).to(ctx.device)  # vocab size first
-    data.check_tokenizer(tc.tokenizer_path, tc.data_path)  # a tokenizer other than the data's gives a wrong bpb
+    tokenizer_sha = data.check_tokenizer(tc.tokenizer_path, tc.data_path)  # another tokenizer gives a wrong bpb
     val_tokens = data.load_validation_tokens(data.val_pattern(tc.data_path), tc.train_seq_len,
                                              tc.max_val_tokens, cfg.model.vocab_size).to(ctx.device)
     base = set_numerics(build_model(cfg, ctx.device), qat=False, expand_kv=backends["expand_kv"])
@@ -253,7 +254,8 @@ def setup(cfg: RunConfig, out_dir: str | Path, device: str | None) -> tuple[Trai
         model = DDP(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
                     broadcast_buffers=False)
     val_batch_seqs = max(1, tc.val_batch_size_tokens // (ctx.world_size * grad_accum * tc.train_seq_len))
-    trainer = Trainer(cfg, ctx, out, log, model, lut, val_tokens, grad_accum, local_tokens, val_batch_seqs, backends)
+    trainer = Trainer(cfg, ctx, out, log, model, lut, val_tokens, grad_accum, local_tokens, val_batch_seqs, backends,
+                      tokenizer_sha)
     return trainer, TrainState(base, opts, loader, tc.ema_decay)
 
 
@@ -433,7 +435,7 @@ def finish(tr: Trainer, st: TrainState) -> dict:
             "qat_enabled_at_end": st.qat_step is not None, "qat_trained": bool(tr.cfg.train.qat_trains),
             "final_ema": ema_val.summary(), "int6_roundtrip": exported["int6_roundtrip"], "size": exported["size"],
             "export": {k: exported[k] for k in ("settings", "artifact_sha256")}, "history": st.history,
-            "tokenizer_sha256": files.sha256_file(tr.cfg.train.tokenizer_path)}  # checked at evaluation
+            "tokenizer_sha256": tr.tokenizer_sha256}  # checked at evaluation
     if tr.ctx.is_main:
         files.write_json(tr.out / "meta.json", meta)
         (tr.out / CHECKPOINT).unlink(missing_ok=True)

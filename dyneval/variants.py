@@ -308,6 +308,20 @@ def _dtypes(m: GPT) -> dict:
     return {k: str(params[n].dtype).replace("torch.", "") for k, n in pick.items() if n in params}
 
 
+def evaluation_inputs(cfg: RunConfig, artifact: Path,
+                      device: torch.device) -> tuple[data.ByteLUT, torch.Tensor, Checkpoint]:
+    """What every variant of one call scores with: the byte LUT, the validation stream, the artifact.
+
+    A tokenizer other than the data's (or the run's, from the meta.json beside the artifact) would give a
+    wrong bpb with a right-looking loss, and a token id outside the vocabulary an index error: both refused.
+    """
+    lut = data.build_byte_lut(cfg.train.tokenizer_path, cfg.model.vocab_size).to(device)  # vocab size first
+    data.check_tokenizer(cfg.train.tokenizer_path, cfg.train.data_path, Path(artifact).parent / "meta.json")
+    tokens = data.load_validation_tokens(data.val_pattern(cfg.train.data_path), cfg.eval.eval_seq_len,
+                                         cfg.eval.max_val_tokens, cfg.model.vocab_size)
+    return lut, tokens.to(device), Checkpoint(cfg, Path(artifact), device)
+
+
 def _same_origin(entry: dict, sha: str, cfg: RunConfig) -> bool:
     return entry.get("artifact_sha256") == sha and entry.get("eval_config") == asdict(cfg.eval) \
         and entry.get("model_config") == asdict(cfg.model)
@@ -346,13 +360,7 @@ def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: lis
     ctx = dist_utils.setup(device)
     backends = configure_backends(cfg, ctx.device)
     e = cfg.eval
-    # a tokenizer other than the data's (or the run's) would give a wrong bpb with a right-looking loss
-    lut = data.build_byte_lut(cfg.train.tokenizer_path, cfg.model.vocab_size).to(ctx.device)  # vocab size first
-    data.check_tokenizer(cfg.train.tokenizer_path, cfg.train.data_path, Path(artifact).parent / "meta.json")
-    tokens = data.load_validation_tokens(data.val_pattern(cfg.train.data_path), e.eval_seq_len, e.max_val_tokens,
-                                         cfg.model.vocab_size)
-    tokens = tokens.to(ctx.device)
-    ck = Checkpoint(cfg, Path(artifact), ctx.device)
+    lut, tokens, ck = evaluation_inputs(cfg, artifact, ctx.device)
     ranks = default_ranks(cfg, virtual_ranks)
     out = Path(out)
     results_path = out / "results.json"
