@@ -1,9 +1,12 @@
 """Parity: recompute every entry of a reference fixture's `expected.json` from its inputs.
 
-Owns `python -m dyneval parity DIR` for any directory of the `shared/fixtures/seed397` schema
+Owns `python -m dyneval parity [DIR]` for any directory of the reference fixtures' schema
 (`settings.json`, `tokenizer.model`, `fineweb_{val,train}_*.bin`, `trained.pt`,
-`final_model.int6.ptz`, `expected.json`). Everything runs in float32 on the CPU, as the fixtures were
-made; nothing here knows any fixture's values. Tolerances are the fixture README's.
+`final_model.int6.ptz`, `expected.json`). Without DIR it checks `COMPACT_FIXTURE`, the compact
+reference fixture that ships inside the package (made by the run's own script, like the larger
+`seed397` of the shared reference). Everything runs in float32 on the CPU, as the fixtures were made;
+nothing here knows any fixture's values. Tolerances are the fixture README's. The numerics are
+described in docs/NUMERICS.md.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from . import adapt, data, evaluate, files, quant
 from .config import DynamicSettings, ModelConfig, OptimConfig, Scoring, TTTSettings, _build
 from .model import GPT, load_weights, set_numerics
 from .optim import build_optimizers
+
+COMPACT_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "compact397"  # package data (pyproject.toml)
 
 TOL_EXACT_EVAL = 1e-5  # forward, per-token NLL, eval_val, sliding, roundtrip_*
 TOL_ADAPT = 2e-4  # dynamic eval, TTT, qat_flag_on_*, 3-step losses

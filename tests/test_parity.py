@@ -1,17 +1,49 @@
 """Parity with the run's own numerics, through the generic fixture command."""
 
 import json
+import os
+import re
 import shutil
 
+import pytest
 import torch
 
-from conftest import run_cli
+from conftest import COMPACT, PARITY_FIXTURES, REPO, run_cli
 
 
-def test_parity_command_passes_every_entry_of_the_reference_fixture(fixture_dir):
-    r = run_cli("parity", fixture_dir)
+@pytest.mark.parametrize("fixture", PARITY_FIXTURES, ids=lambda p: p.name)
+def test_parity_command_passes_every_entry_of_the_reference_fixture(fixture):
+    r = run_cli("parity", fixture)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "0 failed" in r.stdout and "PASS" in r.stdout
+
+
+def test_parity_with_no_argument_checks_the_compact_fixture_shipped_in_an_installed_package(tmp_path):
+    """What a user runs after a plain `pip install .`: the wheel carries the fixture as package data."""
+    import subprocess
+    import sys
+
+    wheel = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            tmp_path / "wheel", REPO], capture_output=True, text=True, cwd=tmp_path)
+    assert wheel.returncode == 0, wheel.stderr[-2000:]
+    site = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", site,
+                              *(tmp_path / "wheel").glob("dyneval-*.whl")], capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "dyneval", "parity"], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(site)}, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    shipped = site / "dyneval" / "fixtures" / "compact397"
+    assert f"parity on {shipped}: PASS" in r.stdout
+    passed = int(re.search(r"^(\d+) passed, 0 failed$", r.stdout, re.M).group(1))
+    assert passed >= len(json.loads((COMPACT / "expected.json").read_text()))  # every entry, some in several rows
+
+
+def test_parity_write_without_a_directory_is_refused_and_leaves_the_shipped_fixture_alone():
+    before = (COMPACT / "expected.json").read_bytes()
+    r = run_cli("parity", "--write")
+    assert r.returncode != 0 and "name the fixture directory" in r.stderr
+    assert (COMPACT / "expected.json").read_bytes() == before
 
 
 def _writable_copy(fixture_dir, dest):
@@ -62,7 +94,7 @@ def test_parity_command_runs_a_fixture_with_other_shape_settings(fixture_dir, tm
     L = s["seq_len"]
     assert exp["val_tokens_used"] == (int(header[2]) - 1) // L * L + 1  # trimmed to a multiple of L, plus one
     state = torch.load(fx / "trained.pt", weights_only=True)
-    for name, t in state.items():  # SPEC.md 'Export': small tensors pass through, big tables int8, matrices int6
+    for name, t in state.items():  # docs/NUMERICS.md 'The artifact': small tensors pass through, big tables int8, matrices int6
         kind = "passthrough" if t.numel() <= 65_536 else ("int8" if "tok_emb" in name or "lm_head" in name else "int6")
         assert exp["quant_meta"][name] == kind, name
     ok = run_cli("parity", fx)
