@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="results folder")
 
     pa = sub.add_parser("parity", help="recompute a reference fixture's expected.json")
-    pa.add_argument("fixture", help="fixture directory (settings.json, expected.json, trained.pt, ...)")
+    pa.add_argument("fixture", nargs="?", help="fixture directory (settings.json, expected.json, trained.pt, ...); "
+                    "default: the compact reference fixture shipped in the package")
     pa.add_argument("--write", action="store_true",
                     help="write expected.json from this library instead (a regression fixture, not the run's numbers)")
 
@@ -110,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="default runs/reproduce/<profile>")
     r.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override for every seed")
     r.add_argument("--seed-set", action="append", metavar="SEED:FIELD=VALUE", help="override for one seed")
-    r.add_argument("--figures", default="figures", help="where the report writes figures and tables")
+    r.add_argument("--figures", help="where the report writes tables and figures (default: <out>/figures; "
+                   "`--figures figures` refreshes the project's committed ones)")
     r.add_argument("--data-root", default="data", help="datasets/ and tokenizers/ live under it")
     r.add_argument("--timeout", type=int, default=3600, help="seconds per notebook")
     r.add_argument("--fresh", action="store_true",
@@ -118,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="tables and figures from a reproduction folder")
     rep.add_argument("--runs", default="runs/reproduce/smoke")
-    rep.add_argument("--figures", default="figures")
+    rep.add_argument("--figures", help="where tables and figures go (default: <runs>/figures)")
 
     b = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = b.add_subparsers(dest="what", required=True)
@@ -135,8 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--windows", type=int, default=1024)
     bc.add_argument("--checkpoint-run", help="a training run folder: also compiled vs eager dynamic-eval bpb on it")
 
-    c = sub.add_parser("config", help="print the resolved config and where each non-default value came from")
+    c = sub.add_parser("config", help="print the resolved config (what --config takes back)")
     config_args(c, run_dir=True)
+    c.add_argument("--sources", action="store_true",
+                   help='print {"config": ..., "sources": ...}: where each non-default value came from (--config '
+                        'takes this back too)')
     return p
 
 
@@ -238,6 +243,9 @@ def cmd_parity(args) -> int:
     from . import parity
 
     t0 = time.perf_counter()
+    if args.write and not args.fixture:
+        raise ValueError("parity --write: name the fixture directory to write (it never overwrites the shipped one)")
+    args.fixture = args.fixture or parity.COMPACT_FIXTURE
     if args.write:
         parity.write_expected(args.fixture)
         print(f"wrote {Path(args.fixture) / 'expected.json'} from this library's numerics")
@@ -260,7 +268,7 @@ def cmd_reproduce(args) -> int:
 def cmd_report(args) -> int:
     from .report import build_report
 
-    r = build_report(args.runs, args.figures)
+    r = build_report(args.runs, args.figures or Path(args.runs) / "figures")
     print(f"report: {len(r['seeds'])} seed(s), {len(r['failed'])} failed -> {', '.join(r['tables'])}")
     for f in r["figures"]:
         print(f"  {f}")
@@ -288,7 +296,8 @@ def cmd_bench(args) -> int:
 
 
 def cmd_config(args) -> int:
-    print(json.dumps(resolved(args).describe(), indent=2))
+    r = resolved(args)
+    print(json.dumps(r.describe() if args.sources else r.config.to_dict(), indent=2))
     return 0
 
 

@@ -529,7 +529,7 @@ def resolve(profile: str | None = "smoke", *, config_file: str | None = None, ru
         cfg, origin = RunConfig.from_dict(_read_json(meta)["config"]), f"run {run_dir}"
     elif config_file:
         try:
-            cfg, origin = RunConfig.from_dict(_read_json(Path(config_file))), f"file {config_file}"
+            cfg, origin = RunConfig.from_dict(_config_of(_read_json(Path(config_file)))), f"file {config_file}"
         except ValueError as e:  # a field's type or value: name the file too
             raise ValueError(e if str(config_file) in str(e) else f"{config_file}: {e}") from None
     else:
@@ -554,6 +554,12 @@ def resolve(profile: str | None = "smoke", *, config_file: str | None = None, ru
             sources["train.iterations"] = f"profile {profile}, published steps of seed {cfg.train.seed}"
         cfg = stepped
     return Resolved(cfg, sources)
+
+
+def _config_of(obj: dict) -> dict:
+    """A config file's sections: the file itself (`config` output), or its "config" entry (`config --sources`
+    output, a run's meta.json)."""
+    return obj["config"] if isinstance(obj.get("config"), dict) else obj
 
 
 def _read_json(path: Path):

@@ -77,17 +77,19 @@ def _error_line(e: Exception) -> str:
 
 
 def reproduce(profile: str, seeds: list[int], out: str | Path, overrides: list[str] = (),
-              seed_overrides: dict[int, list[str]] | None = None, figures: str | Path = "figures",
+              seed_overrides: dict[int, list[str]] | None = None, figures: str | Path | None = None,
               timeout: int = 3600, data_root: str = "data", fresh: bool = False, log=print) -> dict:
     """Run every seed (skipping identical complete ones, recording failures), then the report; return a summary.
 
     A complete seed whose config or artifact differs from the one asked for is refused, or, with
-    `fresh`, deleted and run again.
+    `fresh`, deleted and run again. Tables and figures go to `figures`, by default `<out>/figures`
+    (the README's first command names the project's `figures/` explicitly).
     """
     from . import config, files
 
     config.preset(profile)  # an unknown profile fails here, before any notebook starts
     out = Path(out).resolve()
+    figures = Path(figures).resolve() if figures else out / "figures"
     with files.lock_folder(out):
         return _reproduce(profile, seeds, out, overrides, seed_overrides, figures, timeout, data_root, fresh, log)
 
@@ -145,7 +147,7 @@ def _reproduce(profile, seeds, out: Path, overrides, seed_overrides, figures, ti
         eta = f"; about {left * sum(seed_seconds) / len(seed_seconds) / 60:.0f} min for the {left} left" if left else ""
         log(f"[{i}/{len(seeds)}] seed {seed} done in {seed_seconds[-1]:.0f} s{eta}")
     log("report ...")
-    run_notebook("05_report", out / "notebooks", {"runs_root": str(out), "figures_dir": str(Path(figures).resolve())},
+    run_notebook("05_report", out / "notebooks", {"runs_root": str(out), "figures_dir": str(figures)},
                  timeout, log)
     summary["seconds"] = time.perf_counter() - t_all
     log(f"reproduce: {len(summary['done'])} run, {len(summary['skipped'])} skipped, {len(summary['failed'])} failed "

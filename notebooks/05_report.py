@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -21,7 +23,7 @@
 
 # %% tags=["parameters"]
 runs_root: str = "runs/reproduce/smoke"  # folder holding seed<N>/ run folders
-figures_dir: str = "figures"  # where tables and figures are written
+figures_dir: str = ""  # where tables and figures are written; empty: <runs_root>/figures (`figures` refreshes the committed ones)
 
 # %%
 from pathlib import Path
@@ -30,7 +32,8 @@ from IPython.display import Image, Markdown, display
 
 from dyneval import notebook, report
 
-runs_root, figures_dir = notebook.resolve(runs_root), notebook.resolve(figures_dir)
+runs_root = notebook.resolve(runs_root)
+figures_dir = notebook.resolve(figures_dir) if figures_dir else runs_root / "figures"
 r = report.build_report(runs_root, figures_dir)
 display(Markdown(Path(figures_dir, "ablation.md").read_text()))
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,42 @@ def test_notebook_launches_start_the_profiles_process_count_capped_by_the_gpus(m
     assert notebook.num_processes(preset("record")) == 2  # a divisor of the 8-way accumulation
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert notebook.num_processes(preset("record")) == 1
+
+
+def _record_notebooks(monkeypatch):
+    from dyneval import reproduce as reproduce_module
+
+    calls = []
+    monkeypatch.setattr(reproduce_module, "run_notebook", lambda name, out_dir, params, *a: calls.append((name, params)))
+    return calls
+
+
+def test_reproduce_and_report_with_another_out_write_their_tables_there_and_leave_the_committed_figures(
+        tmp_path, monkeypatch):
+    """`--out X` alone never writes into the project's figures/; only an explicit `--figures` does."""
+    import subprocess
+
+    from dyneval.__main__ import main
+
+    def project_figures():
+        return subprocess.run(["git", "status", "--porcelain", "--", "figures"], cwd=REPO, capture_output=True,
+                              text=True).stdout
+
+    before = project_figures()
+    calls = _record_notebooks(monkeypatch)
+    monkeypatch.chdir(REPO)
+    assert main(["reproduce", "--profile", "smoke", "--seeds", "42", "--out", str(tmp_path / "x")]) == 0
+    assert calls[-1] == ("05_report", {"runs_root": str(tmp_path / "x"), "figures_dir": str(tmp_path / "x" / "figures")})
+    calls.clear()
+    assert main(["reproduce", "--profile", "smoke", "--seeds", "42", "--out", str(tmp_path / "x"),
+                 "--figures", str(tmp_path / "elsewhere")]) == 0
+    assert calls[-1][1]["figures_dir"] == str(tmp_path / "elsewhere")
+    # the report command likewise: <runs>/figures by default
+    from dyneval import report as report_module
+
+    asked = []
+    monkeypatch.setattr(report_module, "build_report", lambda runs, figures: asked.append((runs, figures)) or
+                        {"seeds": [], "failed": [], "tables": [], "figures": []})
+    assert main(["report", "--runs", str(tmp_path / "x")]) == 0
+    assert Path(asked[-1][1]) == tmp_path / "x" / "figures"
+    assert project_figures() == before
