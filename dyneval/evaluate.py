@@ -1,6 +1,6 @@
 """Evaluation: the run's scoring passes as pure functions sharing one result type.
 
-Owns the window plans (non-overlapping and sliding, SPEC.md 'Scoring'), batched scoring with
+Owns the window plans (non-overlapping and sliding, docs/NUMERICS.md 'Scoring'), batched scoring with
 vectorised byte accounting, the per-window stream, and the reduction of sums across ranks. The
 adaptation passes (`adapt.py`) reuse `score_batch` and the plans so that every variant scores the same
 tokens with the same arithmetic.

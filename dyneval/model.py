@@ -1,6 +1,6 @@
 """The record GPT: single-device PyTorch, built bottom-up, with the record script's key names.
 
-Owns the forward pass (SPEC.md, 'Model'), the init, late-QAT fake quantization and the GPU dtype
+Owns the forward pass (docs/NUMERICS.md, 'The model'), the init, late-QAT fake quantization and the GPU dtype
 policy. No I/O, no optimizer, no distributed code. A checkpoint written by the run's script loads
 into `GPT(cfg)` unchanged: `tok_emb`, `bigram.{embed,proj,scale}`, `smear.gate`, `skip_weights`,
 `blocks.{i}.{attn_scale,mlp_scale,resid_mix}`, `blocks.{i}.attn.{q_gain,c_q,c_k,c_v,proj}`,

@@ -1,7 +1,7 @@
 """Optimizers: Muon and the run's split of parameters into four optimizers.
 
 Owns `Muon` (Newton-Schulz-5 orthogonalised Nesterov momentum with decoupled weight decay,
-rank-sharded with one all-reduce), `build_optimizers` (SPEC.md, 'Optimizers and schedule'), which
+rank-sharded with one all-reduce), `build_optimizers` (docs/NUMERICS.md, 'Optimisation'), which
 checks that every parameter lands in exactly one group, and the schedule helpers.
 """
 

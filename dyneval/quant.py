@@ -1,6 +1,6 @@
 """Export: the run's mixed int6/int8/passthrough quantization and the zstd-22 artifact.
 
-Owns `quantize_state_dict` / `dequantize_state_dict` (SPEC.md, 'Export'), the artifact
+Owns `quantize_state_dict` / `dequantize_state_dict` (docs/NUMERICS.md, 'The artifact'), the artifact
 `final_model.int6.ptz` = zstd level 22 of `torch.save({"w": tensors, "m": meta})`, byte-compatible
 with the run's, read back with `weights_only=True` (no arbitrary pickle code), and the size report
 against the challenge's 16,000,000-byte cap (compressed model + code).
@@ -98,7 +98,7 @@ def quantize_int8(t: torch.Tensor, clip_quantile: float = INT8_CLIP_QUANTILE) ->
 
 
 def quantize_state_dict(state: dict[str, torch.Tensor], settings: QuantSettings = QuantSettings()) -> tuple[dict, dict]:
-    """The run's treatment per tensor, in this order (SPEC.md): passthrough, passthrough_ctrl, int6, int8."""
+    """The run's treatment per tensor, in this order (docs/NUMERICS.md): passthrough, passthrough_ctrl, int6, int8."""
     tensors, meta = {}, {}
     for name, tensor in state.items():
         t = tensor.detach().cpu().contiguous()
