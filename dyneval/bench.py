@@ -46,7 +46,7 @@ def bench_train(cfg, steps: int, device: str | None) -> dict:
     model = torch.compile(base, dynamic=False, fullgraph=True) if (cuda and tc.compile) else base
     if ctx.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[ctx.local_rank] if cuda else None, broadcast_buffers=False)
+        model = DDP(model, device_ids=[ctx.local_rank] if cuda else None)  # no buffers to sync (as train.py)
     accum = tc.grad_accum_steps(ctx.world_size)
     local = tc.local_batch_tokens(ctx.world_size)
     g = torch.Generator(device=ctx.device).manual_seed(0)

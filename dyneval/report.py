@@ -340,6 +340,12 @@ def _plt():
     return plt
 
 
+def _legend(ax) -> None:
+    """A legend where something is labelled (an empty panel, e.g. one seed's gap plot, gets none)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
 def _save(fig, out: Path, name: str) -> list[Path]:
     paths = [out / f"{name}.png", out / f"{name}.svg"]
     fig.savefig(paths[0], metadata={"Software": None})
@@ -398,7 +404,7 @@ def figure_cumulative(runs: dict, out: Path) -> list[Path]:
     a.set_xlabel("position in the validation stream (tokens)")
     a.set_ylabel("cumulative bits per byte")
     a.set_title(f"Cumulative bpb over the stream (seed {seed})")
-    a.legend(fontsize=7)
+    _legend(a)
     end = grid[-1] if len(gaps) else 1
     for v, g in gaps.items():
         legal = run["results"][v]["legal"]
@@ -408,7 +414,7 @@ def figure_cumulative(runs: dict, out: Path) -> list[Path]:
     b.set_xlabel("position in the validation stream (tokens)")
     b.set_ylabel("cumulative bpb minus sliding's")
     b.set_title(f"Gap to sliding as the stream is scored (mean of {len(good)} seed(s))")
-    b.legend(fontsize=7)
+    _legend(b)
     fig.tight_layout()
     return _save(fig, out, "cumulative_bpb")
 
@@ -438,7 +444,7 @@ def figure_chunk_delta(runs: dict, out: Path, num_chunks: int = 16) -> list[Path
     ax.set_xlabel("fraction of the validation stream")
     ax.set_ylabel("Δ bpb vs sliding (mean over seeds)")
     ax.set_title(f"Where adaptation gains: Δbpb per 1/{num_chunks} of the stream ({len(good)} seed(s))")
-    ax.legend(fontsize=7)
+    _legend(ax)
     return _save(fig, out, "delta_per_chunk")
 
 
@@ -510,8 +516,8 @@ def plot_training_curves(a, b, metas: dict) -> str:
     if shown:  # the first steps' losses (7-8 nats) would flatten the rest
         a.set_ylim(top=min(4.0, a.get_ylim()[1]))
         b.set_ylim(top=min(2.0, b.get_ylim()[1]))
-    a.legend(fontsize=7)
-    b.legend(fontsize=7)
+    _legend(a)
+    _legend(b)
     return ("The run's published curves (grey, dotted) are drawn beneath: a reproduction should lie on them."
             if shown else NOT_COMPARABLE)
 

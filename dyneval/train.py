@@ -251,8 +251,8 @@ def setup(cfg: RunConfig, out_dir: str | Path, device: str | None) -> tuple[Trai
     model = torch.compile(base, dynamic=False, fullgraph=True) if compiling else base
     if ctx.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
-                    broadcast_buffers=False)
+        # GPT has no buffers (tests/test_model.py), so DDP's buffer sync has nothing to do: no buffer argument
+        model = DDP(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
     val_batch_seqs = max(1, tc.val_batch_size_tokens // (ctx.world_size * grad_accum * tc.train_seq_len))
     trainer = Trainer(cfg, ctx, out, log, model, lut, val_tokens, grad_accum, local_tokens, val_batch_seqs, backends,
                       tokenizer_sha)

@@ -35,6 +35,8 @@ def test_every_shape_option_builds_runs_forward_and_backward(over):
     assert ("bigram.embed.weight" in names) == (cfg.bigram_vocab_size > 0)
     assert ("bigram.proj.weight" in names) == (cfg.bigram_vocab_size > 0 and cfg.bigram_dim != cfg.model_dim)
     assert m.skip_weights.shape == (min(cfg.num_layers // 2, cfg.num_layers - cfg.num_layers // 2), cfg.model_dim)
+    # no buffers: DDP is built without a buffer-sync argument (train.py), which would have nothing to sync
+    assert not list(m.buffers())
 
 
 def test_the_fixture_checkpoint_loads_with_the_record_key_names(fixture_dir):

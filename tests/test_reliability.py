@@ -353,21 +353,26 @@ def test_the_report_refuses_to_aggregate_a_non_finite_score(tmp_path):
 # 7. hangs and limits
 
 def test_a_training_shard_with_zero_tokens_is_refused_naming_the_shard(tmp_path):
+    """Refused when the stream is built; without that check `take` would wrap around the empty shard forever,
+    so the whole use (build, then take) runs in a thread: a regression fails here instead of hanging."""
     from dyneval import data
 
     data.write_shard(tmp_path / "fineweb_train_000000.bin", np.zeros(0, dtype=np.uint16))
-    stream = None
+    outcome = []
 
-    def build():
-        nonlocal stream
-        stream = data.TokenStream(data.train_pattern(tmp_path))
+    def use():
+        try:
+            data.TokenStream(data.train_pattern(tmp_path)).take(8)
+            outcome.append("took tokens from an empty shard")
+        except data.ShardError as e:
+            outcome.append(e)
 
-    with pytest.raises(data.ShardError, match=r"fineweb_train_000000\.bin.*no tokens"):
-        build()
-        t = threading.Thread(target=stream.take, args=(8,), daemon=True)  # the old code spins here forever
-        t.start()
-        t.join(2)
-        assert not t.is_alive(), "TokenStream.take spins on an empty shard"
+    t = threading.Thread(target=use, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "TokenStream spins on an empty shard instead of refusing it"
+    assert len(outcome) == 1 and isinstance(outcome[0], data.ShardError), outcome
+    assert re.search(r"fineweb_train_000000\.bin.*no tokens", str(outcome[0]))
 
 
 @pytest.mark.parametrize("content_size", [True, False], ids=["size_in_header", "size_not_in_header"])
