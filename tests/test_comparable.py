@@ -1,0 +1,186 @@
+"""Nothing aggregated that is not comparable, nothing finished overwritten (issue 20).
+
+Each test was seen failing on the code before the issue (commit deb3b44); the case number is the issue's.
+"""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY_OVERRIDES, run_cli
+
+VARIANTS = ("nonoverlap", "sliding", "dynamic_krause")
+
+
+def one_line_error(r, *needles):
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, f"rc {r.returncode}: {r.stdout[-1500:]} {r.stderr[-1500:]}"
+    assert len(lines) == 1 and lines[0].startswith("dyneval: error: "), r.stderr[-1500:]
+    for n in needles:
+        assert str(n) in lines[0], lines[0]
+    return lines[0]
+
+
+def fake_seed(root: Path, seed: int, *, profile="smoke", sets=(), trained_seed=None, sha=None, variants=VARIANTS,
+              scored_sha=None, steps=150, eval_sets=()):
+    """A seed folder as reproduce leaves it: meta.json (config, size, history, artifact hash) and results."""
+    from dyneval.config import resolve
+    from dyneval.notebook import make_config
+
+    cfg = make_config(profile, seed if trained_seed is None else trained_seed, ", ".join(sets), "data")
+    sha = sha or f"{seed:064x}"
+    d = root / f"seed{seed}"
+    (d / "eval").mkdir(parents=True)
+    meta = {"config": cfg.to_dict(), "steps": steps, "tokenizer_sha256": "ab" * 32,
+            "size": {"model_bytes": 1000, "code_bytes": 100, "total_bytes": 1100},
+            "export": {"artifact_sha256": sha, "settings": {"bits": 6}},
+            "history": {"train": [{"step": 1, "train_loss": 6.9}, {"step": steps, "train_loss": 2.4}],
+                        "val": [{"step": 0, "val_bpb": 4.1}, {"step": steps, "val_bpb": 1.42}]}}
+    eval_cfg = cfg.with_overrides(list(eval_sets)).to_dict()["eval"]
+    res = {v: {"loss": 2.0 - i * 0.01 - seed * 1e-4, "bpb": 1.2 - i * 0.01 - seed * 1e-4, "seconds": 1.0,
+               "legal": True, "artifact_sha256": scored_sha or sha, "eval_config": eval_cfg}
+           for i, v in enumerate(variants)}
+    (d / "meta.json").write_text(json.dumps(meta))
+    (d / "eval" / "results.json").write_text(json.dumps(res))
+    return d
+
+
+def report(root):
+    return run_cli("report", "--runs", root, "--figures", root / "fig")
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. identical runs reported as independent seeds
+
+@pytest.fixture
+def notebooks_recorded(monkeypatch):
+    from dyneval import reproduce
+
+    ran = []
+    monkeypatch.setattr(reproduce, "run_notebook", lambda name, out_dir, params, timeout, log: ran.append(name))
+    return ran
+
+
+@pytest.mark.parametrize("sets, seed_sets", [(["train.seed=5"], {}), (["seed=5"], {}), ([], {2: ["train.seed=5"]})])
+def test_reproduce_refuses_a_set_train_seed_before_running_anything(tmp_path, notebooks_recorded, sets, seed_sets):
+    from dyneval import reproduce
+
+    with pytest.raises(ValueError, match="--seeds"):
+        reproduce.reproduce("smoke", [1, 2], tmp_path / "out", sets, seed_sets, log=lambda *_: None)
+    assert notebooks_recorded == []
+
+
+def test_reproduce_refuses_negative_and_repeated_seeds(tmp_path, notebooks_recorded):
+    from dyneval import reproduce
+
+    for seeds in ([-1], [3, 3]):
+        with pytest.raises(ValueError, match="--seeds"):
+            reproduce.reproduce("smoke", seeds, tmp_path / "out", log=lambda *_: None)
+    assert notebooks_recorded == []
+
+
+def test_the_report_refuses_two_seed_folders_holding_the_same_run(tmp_path):
+    fake_seed(tmp_path, 1, trained_seed=5, sha="9b6c5a40" * 8)
+    fake_seed(tmp_path, 2, trained_seed=5, sha="9b6c5a40" * 8)
+    line = one_line_error(report(tmp_path), "seed 1", "train.seed=5", "seed 2", "artifact")
+    assert "9b6c5a40" in line
+    assert not (tmp_path / "fig" / "ablation.md").exists()
+
+
+def test_the_report_refuses_two_seeds_with_the_same_artifact(tmp_path):
+    fake_seed(tmp_path, 1, sha="77" * 32)
+    fake_seed(tmp_path, 2, sha="77" * 32)
+    one_line_error(report(tmp_path), "seed 2", "seed 1's", "777777")
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. the report averages incompatible runs, then fails after writing its tables
+
+def test_the_report_refuses_seeds_of_different_configs_naming_seed_and_field(tmp_path):
+    fake_seed(tmp_path, 1)
+    fake_seed(tmp_path, 2, sets=["model.num_layers=3"])
+    fake_seed(tmp_path, 3, sets=["train.iterations=20"])
+    line = one_line_error(report(tmp_path), "seed 2", "model.num_layers", "seed 3", "train.iterations")
+    assert "not aggregated" in line
+    assert not (tmp_path / "fig").exists() or not any((tmp_path / "fig").iterdir())
+
+
+def test_the_report_refuses_a_seed_that_lacks_a_variant_before_writing_anything(tmp_path):
+    fake_seed(tmp_path, 1)
+    fake_seed(tmp_path, 2, variants=VARIANTS[:2])
+    one_line_error(report(tmp_path), "seed 2", "dynamic_krause", "results.json")
+    assert not (tmp_path / "fig" / "ablation.md").exists()
+
+
+def test_the_report_refuses_seeds_evaluated_with_other_eval_settings(tmp_path):
+    fake_seed(tmp_path, 1)
+    fake_seed(tmp_path, 2, eval_sets=["eval.eval_stride=32"])
+    one_line_error(report(tmp_path), "seed 2", "eval_stride")
+
+
+def test_the_report_refuses_results_of_another_artifact_than_meta_records(tmp_path):
+    fake_seed(tmp_path, 1)
+    fake_seed(tmp_path, 2, scored_sha="ee" * 32)
+    one_line_error(report(tmp_path), "seed 2", "another artifact")
+
+
+def test_comparable_seeds_are_aggregated_with_seed_set_fields_in_the_header(tmp_path):
+    from dyneval.report import build_report
+
+    fake_seed(tmp_path, 1)
+    fake_seed(tmp_path, 2, sets=["optim.matrix_lr=0.02"])
+    (tmp_path / "reproduce.json").write_text(json.dumps({"seed_overrides": {"2": ["optim.matrix_lr=0.02"]}}))
+    r = build_report(tmp_path, tmp_path / "fig")
+    assert r["rows"][0]["seeds"] == 2
+    text = (tmp_path / "fig" / "ablation.md").read_text()
+    assert "seed 2: optim.matrix_lr=0.02" in text.split("| variant")[0]
+
+
+def test_record_1gpu_seeds_differ_only_in_their_published_step_counts_and_are_aggregated(tmp_path):
+    from dyneval.report import comparability, load_runs
+
+    for seed in (42, 7):
+        fake_seed(tmp_path, seed, profile="record_1gpu", steps=5604)
+    runs = load_runs(tmp_path)
+    assert [runs[s]["meta"]["config"]["train"]["iterations"] for s in (7, 42)] == [5590, 5604]
+    assert comparability(runs) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. the published comparison only for the record's runs; whole numbers printed whole
+
+def _record_meta(sets=(), steps=5604, sha="ab" * 32, data="fineweb10B_sp1024"):
+    from dyneval.notebook import make_config
+
+    cfg = make_config("record_1gpu", 42, ", ".join(sets), "data").to_dict()
+    cfg["train"]["data_path"] = f"data/datasets/{data}"
+    return {"config": cfg, "steps": steps, "tokenizer_sha256": sha,
+            "size": {"model_bytes": 15_500_000, "code_bytes": 190_000, "total_bytes": 15_690_000},
+            "history": {"train": [], "val": [{"step": steps, "val_bpb": 1.2}]}}
+
+
+@pytest.mark.parametrize("meta_args, needle", [
+    ({"data": "embedded_sp1024"}, "data"), ({"steps": 6, "sets": ["train.iterations=6"]}, "6 steps"),
+    ({"sets": ["optim.matrix_lr=0.05"]}, "optim.matrix_lr"), ({"sets": ["train.ema_decay=0"]}, "EMA"),
+    ({"sha": None}, "data")])
+def test_a_run_with_the_records_model_but_not_its_data_schedule_ema_or_steps_is_not_compared(meta_args, needle):
+    from dyneval.report import published_comparison, published_markdown
+
+    meta = _record_meta(**meta_args)
+    assert published_comparison(meta) == []
+    text = published_markdown(meta).strip()
+    assert len(text.splitlines()) == 1 and needle in text and "Not compared" in text
+
+
+def test_the_records_run_is_compared_and_published_means_of_counts_print_whole():
+    from dyneval.report import published_markdown
+
+    meta = _record_meta()
+    meta["config"]["train"]["seed"] = 1337  # an unpublished seed: the published mean
+    text = published_markdown(meta)
+    assert "5,605" in text and "5604.6667" not in text and "15,523,053" in text and "15523053.3333" not in text
