@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_args(t)
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    t.add_argument("--fresh", action="store_true",
+                   help="delete the run folder's checkpoint, finished run and eval/ first (default: refuse to overwrite)")
 
     x = sub.add_parser("export", help="re-quantize a trained run: artifact, size report, round-trip score")
     x.add_argument("run_folder", help="a training run folder (final_model.pt and meta.json or config.json)")
@@ -172,12 +174,17 @@ def cmd_data(args) -> int:
 
 def cmd_train(args) -> int:
     from . import distributed, files
-    from .train import CHECKPOINT, train
+    from .train import CHECKPOINT, claim_run_folder, train
 
+    if args.resume and args.fresh:
+        raise ValueError("give either --resume or --fresh, not both")
     cfg = resolved(args).config
-    lock = files.lock_folder(args.out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    main_rank = os.environ.get("RANK", "0") == "0"
+    lock = files.lock_folder(args.out) if main_rank else contextlib.nullcontext()
     try:
         with lock:  # a second train on the same folder is refused, not interleaved
+            if main_rank:  # a finished run or a checkpoint is never overwritten unasked
+                claim_run_folder(args.out, args.resume, args.fresh)
             train(cfg, args.out, resume=args.resume, device=args.device)
     except KeyboardInterrupt:
         print(f"interrupted: resume with the same command plus --resume (state in {Path(args.out) / CHECKPOINT})",

@@ -441,3 +441,29 @@ def finish(tr: Trainer, st: TrainState) -> dict:
         (tr.out / CHECKPOINT).unlink(missing_ok=True)
     tr.log.close()
     return meta
+
+
+# Files of a run folder that a new training would replace (the artifact names of every bit width, and eval/).
+RUN_OUTPUTS = (CHECKPOINT, quant.FINAL_WEIGHTS, "meta.json", "export.json", "size_report.json", "train.log")
+
+
+def claim_run_folder(out: str | Path, resume: bool, fresh: bool) -> None:
+    """Refuse to train over a finished run or a checkpoint unless asked: `resume` continues a checkpoint,
+    `fresh` deletes the run's files (and its eval/) first. A finished run is never resumed over."""
+    import shutil
+
+    out = Path(out)
+    finished, ckpt = (out / "meta.json").is_file(), (out / CHECKPOINT).is_file()
+    if fresh:
+        for name in RUN_OUTPUTS:
+            (out / name).unlink(missing_ok=True)
+        for artifact in out.glob("final_model.int*.ptz"):
+            artifact.unlink()
+        shutil.rmtree(out / "eval", ignore_errors=True)
+        return
+    if finished:
+        raise ValueError(f"{out}: holds a finished run (meta.json){' that --resume cannot continue' if resume else ''}: "
+                         f"choose another --out, or --fresh to delete it (and its eval/) and train again")
+    if ckpt and not resume:
+        raise ValueError(f"{out}: holds a checkpoint of an interrupted run ({CHECKPOINT}): --resume to continue it, "
+                         f"or --fresh to delete it and start over")

@@ -184,3 +184,65 @@ def test_the_records_run_is_compared_and_published_means_of_counts_print_whole()
     meta["config"]["train"]["seed"] = 1337  # an unpublished seed: the published mean
     text = published_markdown(meta)
     assert "5,605" in text and "5604.6667" not in text and "15,523,053" in text and "15523053.3333" not in text
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. a finished run, or a checkpoint, silently overwritten
+
+@pytest.fixture(scope="module")
+def tiny_json(tmp_path_factory, tiny_cfg):
+    path = tmp_path_factory.mktemp("cfg") / "tiny.json"
+    path.write_text(json.dumps(tiny_cfg.with_overrides(["train.iterations=2", "train.warmup_steps=0"]).to_dict()))
+    return path
+
+
+def _sha(path):
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_train_refuses_an_out_holding_a_finished_run_unless_fresh(tmp_path, tiny_json):
+    out = tmp_path / "run"
+    r = run_cli("train", "--config", tiny_json, "--out", out, "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-2000:]
+    (out / "eval").mkdir()
+    (out / "eval" / "results.json").write_text("{}")
+    meta = (out / "meta.json").read_text()
+    for extra in ([], ["--resume"]):
+        one_line_error(run_cli("train", "--config", tiny_json, "--out", out, "--device", "cpu", *extra),
+                       str(out), "finished run", "--fresh")
+        assert (out / "meta.json").read_text() == meta
+    r = run_cli("train", "--config", tiny_json, "--out", out, "--device", "cpu", "--fresh")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not (out / "eval").exists()  # no results of the old artifact beside the new one
+
+
+def test_train_without_resume_refuses_an_out_holding_a_checkpoint(tmp_path, tiny_json):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"the state of an interrupted run")
+    one_line_error(run_cli("train", "--config", tiny_json, "--out", out, "--device", "cpu"),
+                   "checkpoint", "--resume", "--fresh")
+    assert (out / "checkpoint.pt").read_bytes() == b"the state of an interrupted run"
+
+
+@pytest.mark.parametrize("what", ["meta.json", "checkpoint.pt"])
+def test_notebook_02_refuses_a_run_dir_holding_a_run_of_another_config(tmp_path, monkeypatch, tiny_cfg, what):
+    import torch
+
+    from dyneval import notebook
+
+    launched = []
+    monkeypatch.setattr(notebook, "launch", lambda args, nproc=1, log=print: launched.append(args))
+    other = tiny_cfg.with_overrides(["model.num_layers=2"]).to_dict()
+    if what == "meta.json":
+        (tmp_path / "meta.json").write_text(json.dumps({"config": other}))
+    else:
+        torch.save({"config": other, "step": 3}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"run_dir .*another config.*num_layers"):
+        notebook.train_stage(tiny_cfg, tmp_path, log=lambda *_: None)
+    assert launched == []
+    same = tiny_cfg.to_dict()
+    (tmp_path / "meta.json").write_text(json.dumps({"config": same}))
+    assert notebook.train_stage(tiny_cfg, tmp_path, log=lambda *_: None)["config"] == same and launched == []
