@@ -227,15 +227,21 @@ def cmd_evaluate(args) -> int:
         raise ValueError("give either --run-dir or --artifact, not both")
     args.set = (args.set or []) + [f"train.data_path={args.data}"] * bool(args.data) \
         + [f"train.tokenizer_path={args.tokenizer}"] * bool(args.tokenizer)
+    from .quant import run_artifact
+
     cfg = resolved(args).config
-    artifact = Path(args.run_dir) / "final_model.int6.ptz" if args.run_dir else Path(args.artifact)
+    artifact = run_artifact(args.run_dir) if args.run_dir else Path(args.artifact)  # the run's latest export
     variants, quirks = parse_variants(args.variants), parse_quirks(args.quirks or "")
     qat_flag_set = True
     if args.run_dir:
         qat_flag_set = json.loads((Path(args.run_dir) / "meta.json").read_text()).get("qat_enabled_at_end", True)
     try:
         evaluate_checkpoint(cfg, artifact, Path(args.out), variants, quirks, args.virtual_ranks, args.device,
-                            fresh=args.fresh, qat_flag_set=qat_flag_set)
+                            fresh=args.fresh, qat_flag_set=qat_flag_set, log=lambda m: print(m, flush=True))
+    except KeyboardInterrupt:
+        print(f"interrupted: the variants scored are in {Path(args.out) / 'results.json'}; the same command "
+              f"continues with the rest", file=sys.stderr)
+        return 130
     finally:
         distributed.teardown()
     return 0

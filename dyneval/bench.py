@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed as dist_utils
+from . import distributed as dist_utils, quant
 from .adapt import Quirks
 from .data import ByteLUT
 from .distributed import Ranks
@@ -146,7 +146,7 @@ def dynamic_compiled_vs_eager(run_dir: str | Path, device: str | None = None,
     meta = json.loads((run_dir / "meta.json").read_text())
     cfg = RunConfig.from_dict(meta["config"])
     backends = configure_backends(cfg, ctx.device)
-    lut, tokens, ck = evaluation_inputs(cfg, run_dir / "final_model.int6.ptz", ctx.device)
+    lut, tokens, ck = evaluation_inputs(cfg, quant.run_artifact(run_dir), ctx.device)
     quirks = Quirks(qat_on=meta.get("qat_enabled_at_end", True))
     out = {"run": str(run_dir), "tokens": tokens.numel()}
     v = VARIANTS["dynamic"]

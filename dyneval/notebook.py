@@ -257,7 +257,7 @@ def export_stage(run_dir: str | Path, settings=None, log=print) -> dict:
 
     run_dir = Path(run_dir)
     settings = settings or quant.QuantSettings()
-    done, artifact = run_dir / "export.json", run_dir / quant.ARTIFACT
+    done, artifact = run_dir / "export.json", run_dir / quant.artifact_name(settings.bits)
     if done.is_file() and artifact.is_file():
         prev = json.loads(done.read_text())
         if prev["settings"] == asdict(settings) and \

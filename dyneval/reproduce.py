@@ -44,7 +44,9 @@ def seed_differs(seed_dir: Path, cfg) -> str | None:
                for k, v in sec.items() if have.get(s, {}).get(k) != v]
     if changed or want.get("nproc") != have.get("nproc"):
         return f"its config differs ({'; '.join(changed[:3]) or 'nproc'})"
-    artifact = seed_dir / "final_model.int6.ptz"
+    from .quant import run_artifact
+
+    artifact = run_artifact(seed_dir)
     sha = meta.get("artifact_sha256") or meta.get("export", {}).get("artifact_sha256")
     if not sha:
         return "its meta.json records no artifact hash to check the artifact against (an older run)"

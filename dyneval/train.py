@@ -434,7 +434,7 @@ def finish(tr: Trainer, st: TrainState) -> dict:
             "steps": st.step, "train_seconds": st.train_ms / 1000.0, "late_qat_step": st.qat_step,
             "qat_enabled_at_end": st.qat_step is not None, "qat_trained": bool(tr.cfg.train.qat_trains),
             "final_ema": ema_val.summary(), "int6_roundtrip": exported["int6_roundtrip"], "size": exported["size"],
-            "export": {k: exported[k] for k in ("settings", "artifact_sha256")}, "history": st.history,
+            "export": {k: exported[k] for k in ("settings", "bits", "artifact", "artifact_sha256")}, "history": st.history,
             "tokenizer_sha256": tr.tokenizer_sha256}  # checked at evaluation
     if tr.ctx.is_main:
         files.write_json(tr.out / "meta.json", meta)

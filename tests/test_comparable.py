@@ -246,3 +246,130 @@ def test_notebook_02_refuses_a_run_dir_holding_a_run_of_another_config(tmp_path,
     same = tiny_cfg.to_dict()
     (tmp_path / "meta.json").write_text(json.dumps({"config": same}))
     assert notebook.train_stage(tiny_cfg, tmp_path, log=lambda *_: None)["config"] == same and launched == []
+
+
+# ----------------------------------------------------------------------------------------------
+# 3 and 8. evaluate: one writer per folder, a rerun continues, signals end it cleanly
+
+@pytest.fixture(scope="module")
+def seed_run(tmp_path_factory, tiny_cfg):
+    """A tiny two-step run trained with seed 1 in `<runs>/seed1`, as reproduce lays it out."""
+    from dyneval.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "seed1"
+    train(tiny_cfg.with_overrides(["train.iterations=2", "train.warmup_steps=0", "train.seed=1"]), out, device="cpu")
+    return out
+
+
+def _evaluate(run, out, variants, *extra):
+    return run_cli("evaluate", "--run-dir", run, "--variants", variants, "--out", out, "--device", "cpu", *extra)
+
+
+def test_a_second_evaluate_into_a_folder_another_one_writes_is_refused(tmp_path, seed_run):
+    import fcntl
+
+    out = tmp_path / "eval"
+    out.mkdir()
+    with open(out / ".dyneval.lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running evaluate holds it
+        one_line_error(_evaluate(seed_run, out, "nonoverlap"), str(out), "another dyneval process")
+    assert not (out / "results.json").exists()
+
+
+def test_rerunning_evaluate_keeps_finished_variants_and_adds_the_missing_ones(tmp_path, seed_run):
+    out = tmp_path / "eval"
+    assert _evaluate(seed_run, out, "nonoverlap").returncode == 0
+    first = json.loads((out / "results.json").read_text())["nonoverlap"]
+    r = _evaluate(seed_run, out, "nonoverlap,sliding")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "nonoverlap already scored" in r.stdout
+    res = json.loads((out / "results.json").read_text())
+    assert res["nonoverlap"] == first and "bpb" in res["sliding"]  # not run again: the same seconds too
+    r = _evaluate(seed_run, out, "nonoverlap", "--fresh")
+    assert r.returncode == 0 and "already scored" not in r.stdout
+    assert list(json.loads((out / "results.json").read_text())) == ["nonoverlap"]
+    assert not (out / "sliding.npz").exists()
+
+
+def test_fresh_interrupted_before_its_first_variant_leaves_no_old_result_behind(tmp_path, seed_run, tiny_cfg,
+                                                                                   monkeypatch):
+    import dataclasses
+
+    from dyneval import variants
+    from dyneval.config import RunConfig
+
+    out = tmp_path / "eval"
+    assert _evaluate(seed_run, out, "nonoverlap").returncode == 0
+    cfg = RunConfig.from_dict(json.loads((seed_run / "meta.json").read_text())["config"])
+
+    def interrupted(job):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(variants.VARIANTS, "sliding", dataclasses.replace(variants.VARIANTS["sliding"], run=interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        variants.evaluate_checkpoint(cfg, seed_run / "final_model.int6.ptz", out, ["sliding"], device="cpu", fresh=True,
+                                     log=lambda *_: None)
+    assert not (out / "results.json").exists() and not (out / "nonoverlap.npz").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_evaluate_after_the_variant_in_flight_with_one_line(tmp_path, seed_run, sig):
+    import os
+
+    out = tmp_path / "eval"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "dyneval", "evaluate", "--run-dir", str(seed_run), "--variants", "all",
+           "--out", str(out), "--device", "cpu"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    for line in p.stdout:
+        if line.startswith("nonoverlap "):
+            p.send_signal(sig)
+            break
+    stdout, stderr = p.communicate(timeout=600)
+    assert p.returncode == 130, (p.returncode, stderr[-2000:])
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted:") and "results.json" in lines[0], stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    assert "nonoverlap" in res and len(res) < 11
+    assert all((out / f"{v}.npz").is_file() for v in res)  # every result has its stream: files consistent
+
+
+def test_more_virtual_ranks_than_sliding_windows_is_refused(tmp_path, seed_run):
+    one_line_error(_evaluate(seed_run, tmp_path / "eval", "dynamic_tail", "--virtual-ranks", "100"),
+                   "--virtual-ranks 100", "64 sliding windows")
+
+
+def test_variants_are_deduplicated_and_all_may_appear_in_a_list():
+    from dyneval.variants import DEFAULT_ORDER, parse_variants
+
+    assert parse_variants("sliding,sliding") == ["sliding"]
+    assert parse_variants("all,sliding") == DEFAULT_ORDER
+    assert parse_variants("sliding,all")[0] == "sliding" and len(parse_variants("sliding,all")) == len(DEFAULT_ORDER)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. export --bits 4 leaves stale numbers
+
+def test_an_export_at_4_bits_records_what_it_wrote_and_evaluate_and_report_use_it(tmp_path, seed_run):
+    import shutil
+
+    from dyneval.report import build_report
+
+    run = tmp_path / "runs" / "seed1"
+    shutil.copytree(seed_run, run)
+    six = _sha(run / "final_model.int6.ptz")
+    r = run_cli("export", run, "--bits", "4", "--passthrough-max-numel", "1024", "--device", "cpu")  # tiny: quantize
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "int4_roundtrip" in r.stdout and "int6" not in r.stdout
+    four = run / "final_model.int4.ptz"
+    assert four.is_file() and _sha(run / "final_model.int6.ptz") == six  # the 6-bit artifact is kept as it was
+    meta, export = json.loads((run / "meta.json").read_text()), json.loads((run / "export.json").read_text())
+    for rec in (meta["export"], export):
+        assert rec["bits"] == 4 and rec["artifact_sha256"] == _sha(four) and rec["artifact"] == four.name
+    assert meta["size"]["model_bytes"] == four.stat().st_size
+    r = _evaluate(run, run / "eval", "nonoverlap,sliding")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((run / "eval" / "results.json").read_text())
+    assert {v["bits"] for v in res.values()} == {4} and {v["artifact_sha256"] for v in res.values()} == {_sha(four)}
+    row = build_report(tmp_path / "runs", tmp_path / "fig")["rows"][0]
+    assert row["artifact_bytes_mean"] == four.stat().st_size + meta["size"]["code_bytes"]
