@@ -382,6 +382,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, device: str
     """
     tr, st = setup(cfg, out_dir, device)
     tc = cfg.train
+    for line in start_warnings(cfg, tr.ctx.device, tr.ctx.world_size):
+        tr.log(line)
     ckpt = tr.out / CHECKPOINT
     if resume and ckpt.is_file():
         st.load_state_dict(read_checkpoint(ckpt, cfg, tr.ctx.device), str(ckpt))
@@ -467,3 +469,32 @@ def claim_run_folder(out: str | Path, resume: bool, fresh: bool) -> None:
     if ckpt and not resume:
         raise ValueError(f"{out}: holds a checkpoint of an interrupted run ({CHECKPOINT}): --resume to continue it, "
                          f"or --fresh to delete it and start over")
+
+
+def start_warnings(cfg: RunConfig, device: torch.device, world_size: int) -> list[str]:
+    """One line each, at the start of training: a record profile on hardware it was not made for (and what
+    its wall clock or step count will then do), and a schedule that cannot fit its step count."""
+    from .config import preset
+
+    tc, out = cfg.train, []
+    record = preset("record")
+    if cfg.model == record.model and tc.train_batch_tokens == record.train.train_batch_tokens:
+        made = f"{cfg.nproc}×H100"
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if device.type == "cuda" else []
+        here = (f"{world_size} process(es) on {gpus[0]}" if gpus else f"{world_size} process(es) on the CPU")
+        wrong = device.type != "cuda" or world_size < cfg.nproc or not all("H100" in g for g in gpus)
+        if wrong and tc.max_wallclock_seconds:
+            out.append(f"warning: this record profile was made for {made}, here {here}: its "
+                       f"{tc.max_wallclock_seconds:.0f} s wall clock will stop training after a fraction of the run's "
+                       f"~5,600 steps (its warmdown is timed: the schedule completes, on far fewer steps and tokens)")
+        elif wrong:
+            out.append(f"warning: this record profile was made for {made}, here {here}: without a wall clock it "
+                       f"trains all {tc.iterations:,} steps with the run's math, at this hardware's speed")
+    if not tc.max_wallclock_seconds and tc.warmdown_iters > tc.iterations:
+        lr0 = lr_scale(0, 0.0, tc.iterations, tc.warmdown_iters, 0.0)
+        out.append(f"warning: warmdown_iters {tc.warmdown_iters:,} > iterations {tc.iterations:,}: every step is in "
+                   f"the warmdown and the learning rate starts at {100 * lr0:.1f}% of its peak")
+    if cfg.optim.muon_momentum_warmup_steps > tc.iterations:
+        out.append(f"warning: muon_momentum_warmup_steps {cfg.optim.muon_momentum_warmup_steps:,} > iterations "
+                   f"{tc.iterations:,}: Muon's momentum never reaches {cfg.optim.muon_momentum}")
+    return out

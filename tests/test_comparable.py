@@ -373,3 +373,43 @@ def test_an_export_at_4_bits_records_what_it_wrote_and_evaluate_and_report_use_i
     assert {v["bits"] for v in res.values()} == {4} and {v["artifact_sha256"] for v in res.values()} == {_sha(four)}
     row = build_report(tmp_path / "runs", tmp_path / "fig")["rows"][0]
     assert row["artifact_bytes_mean"] == four.stat().st_size + meta["size"]["code_bytes"]
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. wrong-hardware record runs and schedules that cannot fit start silently
+
+def _first_lines(args, corpus_root, stop="step:1/"):
+    """Start `train` and return its output up to the first training step, then stop it."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "dyneval", "train", *map(str, args)], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if stop in line or len(lines) > 200:
+            break
+    p.kill()
+    p.wait()
+    return "".join(lines)
+
+
+def test_a_record_profile_on_the_cpu_warns_at_its_start_what_its_wall_clock_will_do():
+    import torch
+
+    from dyneval.config import preset
+    from dyneval.train import start_warnings
+
+    lines = start_warnings(preset("record"), torch.device("cpu"), 1)
+    assert len(lines) == 1 and "8×H100" in lines[0] and "CPU" in lines[0] and "600 s wall clock" in lines[0]
+    assert start_warnings(preset("smoke"), torch.device("cpu"), 1) == []
+
+
+def test_training_warns_in_its_log_when_the_warmdown_cannot_fit_the_step_count(tmp_path, tiny_cfg, corpus_root):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(tiny_cfg.with_overrides(["train.iterations=3", "train.warmdown_iters=300",
+                                                       "train.warmup_steps=0"]).to_dict()))
+    text = _first_lines(["--config", cfg, "--out", tmp_path / "run", "--device", "cpu"], corpus_root)
+    warn = [l for l in text.splitlines() if l.startswith("warning: warmdown_iters 300 > iterations 3")]
+    assert warn and "1.0% of its peak" in warn[0], text[-2000:]
