@@ -234,7 +234,9 @@ def cmd_evaluate(args) -> int:
     variants, quirks = parse_variants(args.variants), parse_quirks(args.quirks or "")
     qat_flag_set = True
     if args.run_dir:
-        qat_flag_set = json.loads((Path(args.run_dir) / "meta.json").read_text()).get("qat_enabled_at_end", True)
+        from .report import read_json
+
+        qat_flag_set = read_json(Path(args.run_dir) / "meta.json").get("qat_enabled_at_end", True)
     try:
         evaluate_checkpoint(cfg, artifact, Path(args.out), variants, quirks, args.virtual_ranks, args.device,
                             fresh=args.fresh, qat_flag_set=qat_flag_set, log=lambda m: print(m, flush=True))

@@ -30,7 +30,9 @@ def seed_complete(seed_dir: Path) -> bool:
     res = seed_dir / "eval" / "results.json"
     if not res.is_file() or not (seed_dir / "meta.json").is_file():
         return False
-    r = json.loads(res.read_text())
+    from .report import read_json
+
+    r = read_json(res)  # a truncated results.json is a one-line error naming it
     return all(v in r and math.isfinite(r[v].get("bpb", float("nan"))) for v in VARIANTS)
 
 
@@ -38,7 +40,9 @@ def seed_differs(seed_dir: Path, cfg) -> str | None:
     """Why a complete seed is not the run asked for (config, artifact hash, results' artifact), or None."""
     from .files import sha256_file
 
-    meta = json.loads((seed_dir / "meta.json").read_text())
+    from .report import read_json
+
+    meta = read_json(seed_dir / "meta.json")
     want, have = json.loads(json.dumps(cfg.to_dict())), meta.get("config", {})
     changed = [f"{s}.{k}: {have.get(s, {}).get(k)!r} -> {v!r}" for s, sec in want.items() if isinstance(sec, dict)
                for k, v in sec.items() if have.get(s, {}).get(k) != v]
@@ -52,7 +56,7 @@ def seed_differs(seed_dir: Path, cfg) -> str | None:
         return "its meta.json records no artifact hash to check the artifact against (an older run)"
     if not artifact.is_file() or sha != sha256_file(artifact):
         return "its artifact is not the one its meta.json records (artifact_sha256)"
-    results = json.loads((seed_dir / "eval" / "results.json").read_text())
+    results = read_json(seed_dir / "eval" / "results.json")
     other = sorted(v for v, r in results.items() if Path(r.get("artifact", "")).resolve() != artifact.resolve()
                    or r.get("artifact_sha256", sha) != sha)
     if other:

@@ -271,6 +271,9 @@ def warm_up(tr: Trainer, st: TrainState) -> None:
     init_model = copy.deepcopy(st.model.state_dict())
     init_opt = copy.deepcopy(st.opts.state_dict())
     st.model.train()
+    if tr.model is not st.model:  # compiled: the first step compiles, which takes minutes on a GPU
+        tr.log(f"warmup: {tc.warmup_steps} steps; the first compiles the model (torch.compile, minutes) ...")
+    t0 = time.perf_counter()
     for _ in range(tc.warmup_steps):
         st.opts.zero_grad()
         micro_steps(tr, st)
@@ -279,7 +282,7 @@ def warm_up(tr: Trainer, st: TrainState) -> None:
     st.opts.load_state_dict(init_opt)
     st.loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), tr.ctx.rank, tr.ctx.world_size,
                                             tr.ctx.device, tr.cfg.model.vocab_size)
-    tr.log(f"warmup: {tc.warmup_steps} steps done, weights/optimizer/loader restored")
+    tr.log(f"warmup: {tc.warmup_steps} steps done in {time.perf_counter() - t0:.1f} s, weights/optimizer/loader restored")
 
 
 def validate(tr: Trainer, st: TrainState, model: GPT | None = None):

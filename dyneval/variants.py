@@ -340,7 +340,9 @@ def load_results(path: Path, sha: str, cfg: RunConfig, fresh: bool) -> dict:
     """
     if fresh or not path.is_file():
         return {}
-    results = json.loads(path.read_text())
+    from .report import read_results
+
+    results = read_results(path)  # a truncated file is a one-line error naming it
     other = [n for n, r in results.items() if not _same_origin(r, sha, cfg)]
     if other:
         raise ValueError(f"{path}: holds results of another artifact or config ({other[0]}, ...): "

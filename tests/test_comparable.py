@@ -413,3 +413,66 @@ def test_training_warns_in_its_log_when_the_warmdown_cannot_fit_the_step_count(t
     text = _first_lines(["--config", cfg, "--out", tmp_path / "run", "--device", "cpu"], corpus_root)
     warn = [l for l in text.splitlines() if l.startswith("warning: warmdown_iters 300 > iterations 3")]
     assert warn and "1.0% of its peak" in warn[0], text[-2000:]
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. corrupt inputs, negative seeds, and stages silent for minutes
+
+def _without(key):
+    def damage(d):
+        meta = json.loads((d / "meta.json").read_text())
+        del meta[key]
+        (d / "meta.json").write_text(json.dumps(meta))
+    return damage
+
+
+@pytest.mark.parametrize("damage, needles", [
+    (lambda d: (d / "eval" / "sliding.npz").write_bytes(b"PK\x03\x04 truncated"), ["sliding.npz", "--fresh"]),
+    (lambda d: (d / "eval" / "results.json").write_text('{"sliding": {"bpb": "1.2", "loss": 2.0}}'),
+     ["results.json", "sliding.bpb", "'1.2'"]),
+    (lambda d: (d / "eval" / "results.json").write_text('{"sliding": {"bpb": 1.2, "lo'), ["results.json", "truncated"]),
+    *[(_without(k), ["meta.json", repr(k)]) for k in ("size", "history", "config")],
+])
+def test_a_damaged_input_of_the_report_is_one_line_naming_the_file(tmp_path, damage, needles):
+    fake_seed(tmp_path, 1)
+    damage(fake_seed(tmp_path, 2))
+    one_line_error(report(tmp_path), "seed2", *needles)
+
+
+def test_a_truncated_results_json_in_the_evaluate_folder_is_one_line_naming_it(tmp_path, seed_run):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "results.json").write_text('{"nonoverlap": {"bpb"')
+    one_line_error(_evaluate(seed_run, out, "nonoverlap"), str(out / "results.json"))
+
+
+def test_a_negative_seed_is_refused_naming_the_field():
+    r = run_cli("config", "--profile", "smoke", "--set", "train.seed=-1")
+    one_line_error(r, "seed=-1")
+
+
+def test_reproduce_passes_each_cells_output_on_as_it_comes(tmp_path, monkeypatch):
+    import papermill
+
+    from dyneval import reproduce
+
+    def execute(src, dst, **kw):  # a notebook whose training cell prints two log lines
+        out = kw.get("stdout_file")
+        assert out is not None, "the cells' output is not passed on"
+        out.write("step:10/150 train_loss:5.1\nstep:20/")
+        out.write("150 train_loss:4.8\n")
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    log = []
+    reproduce.run_notebook("02_train", tmp_path, {}, 60, log.append)
+    assert [l.strip() for l in log[1:3]] == ["step:10/150 train_loss:5.1", "step:20/150 train_loss:4.8"]
+
+
+def test_bench_eval_says_what_it_is_doing_before_each_long_pass(tmp_path, tiny_cfg):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(tiny_cfg.to_dict()))
+    r = run_cli("bench", "eval", "--config", cfg, "--variants", "sliding", "--windows", "8", "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    first_json = next(i for i, l in enumerate(lines) if l.startswith("{"))
+    assert any(l.startswith("bench eval: sliding: warm-up") for l in lines[:first_json]), r.stdout
