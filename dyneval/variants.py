@@ -433,7 +433,8 @@ def _evaluate_checkpoint(cfg, artifact, out, variants, quirks, virtual_ranks, de
         v = VARIANTS[name]
         job = job_for(v, cfg, ck, tokens, lut, quirks, ranks, backends, cache)
         try:
-            res, settings = v.run(job)
+            with heartbeat(log if ctx.is_main else None, name):
+                res, settings = v.run(job)
         except adapt.DivergedError as err:
             results[name] = {"legal": v.legal, "legal_reason": v.reason, "error": str(err)}
             if ctx.is_main:
@@ -457,3 +458,32 @@ def _evaluate_checkpoint(cfg, artifact, out, variants, quirks, virtual_ranks, de
             log(f"{name:<26} bpb {res.bpb:.5f} loss {res.loss:.5f} ({res.seconds:.1f} s) "
                 f"{'legal' if v.legal else 'NOT LEGAL'}")
     return results
+
+
+HEARTBEAT_SECONDS = 30.0  # no stage is silent for longer (a record variant on a GPU can take minutes)
+
+
+class heartbeat:
+    """While a long call runs, `log` a line every HEARTBEAT_SECONDS saying it is still running (a thread
+    that only prints: it touches no tensor)."""
+
+    def __init__(self, log, what: str, every: float = HEARTBEAT_SECONDS):
+        import threading
+
+        self.log, self.what, self.every = log, what, every
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        t0 = time.perf_counter()
+        while not self.done.wait(self.every):
+            self.log(f"{self.what}: still running ({time.perf_counter() - t0:.0f} s)")
+
+    def __enter__(self):
+        if self.log is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        return False

@@ -476,3 +476,15 @@ def test_bench_eval_says_what_it_is_doing_before_each_long_pass(tmp_path, tiny_c
     lines = r.stdout.splitlines()
     first_json = next(i for i, l in enumerate(lines) if l.startswith("{"))
     assert any(l.startswith("bench eval: sliding: warm-up") for l in lines[:first_json]), r.stdout
+
+
+def test_a_long_variant_says_it_is_still_running_at_least_every_30_seconds(monkeypatch):
+    from dyneval import variants
+
+    said = []
+    assert variants.HEARTBEAT_SECONDS <= 30
+    with variants.heartbeat(said.append, "dynamic_krause", every=0.05):
+        time.sleep(0.3)
+    n = len(said)
+    time.sleep(0.15)
+    assert n >= 3 and len(said) == n and said[0].startswith("dynamic_krause: still running")
