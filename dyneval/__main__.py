@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_args(t)
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    t.add_argument("--fresh", action="store_true",
+                   help="delete the run folder's checkpoint, finished run and eval/ first (default: refuse to overwrite)")
 
     x = sub.add_parser("export", help="re-quantize a trained run: artifact, size report, round-trip score")
     x.add_argument("run_folder", help="a training run folder (final_model.pt and meta.json or config.json)")
@@ -177,12 +179,17 @@ def cmd_data(args) -> int:
 
 def cmd_train(args) -> int:
     from . import distributed, files
-    from .train import CHECKPOINT, train
+    from .train import CHECKPOINT, claim_run_folder, train
 
+    if args.resume and args.fresh:
+        raise ValueError("give either --resume or --fresh, not both")
     cfg = resolved(args).config
-    lock = files.lock_folder(args.out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    main_rank = os.environ.get("RANK", "0") == "0"
+    lock = files.lock_folder(args.out) if main_rank else contextlib.nullcontext()
     try:
         with lock:  # a second train on the same folder is refused, not interleaved
+            if main_rank:  # a finished run or a checkpoint is never overwritten unasked
+                claim_run_folder(args.out, args.resume, args.fresh)
             train(cfg, args.out, resume=args.resume, device=args.device)
     except KeyboardInterrupt:
         print(f"interrupted: resume with the same command plus --resume (state in {Path(args.out) / CHECKPOINT})",
@@ -225,15 +232,23 @@ def cmd_evaluate(args) -> int:
         raise ValueError("give either --run-dir or --artifact, not both")
     args.set = (args.set or []) + [f"train.data_path={args.data}"] * bool(args.data) \
         + [f"train.tokenizer_path={args.tokenizer}"] * bool(args.tokenizer)
+    from .quant import run_artifact
+
     cfg = resolved(args).config
-    artifact = Path(args.run_dir) / "final_model.int6.ptz" if args.run_dir else Path(args.artifact)
+    artifact = run_artifact(args.run_dir) if args.run_dir else Path(args.artifact)  # the run's latest export
     variants, quirks = parse_variants(args.variants), parse_quirks(args.quirks or "")
     qat_flag_set = True
     if args.run_dir:
-        qat_flag_set = json.loads((Path(args.run_dir) / "meta.json").read_text()).get("qat_enabled_at_end", True)
+        from .report import read_json
+
+        qat_flag_set = read_json(Path(args.run_dir) / "meta.json").get("qat_enabled_at_end", True)
     try:
         evaluate_checkpoint(cfg, artifact, Path(args.out), variants, quirks, args.virtual_ranks, args.device,
-                            fresh=args.fresh, qat_flag_set=qat_flag_set)
+                            fresh=args.fresh, qat_flag_set=qat_flag_set, log=lambda m: print(m, flush=True))
+    except KeyboardInterrupt:
+        print(f"interrupted: the variants scored are in {Path(args.out) / 'results.json'}; the same command "
+              f"continues with the rest", file=sys.stderr)
+        return 130
     finally:
         distributed.teardown()
     return 0

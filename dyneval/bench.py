@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed as dist_utils
+from . import distributed as dist_utils, quant
 from .adapt import Quirks
 from .data import ByteLUT
 from .distributed import Ranks
@@ -79,13 +79,14 @@ def bench_train(cfg, steps: int, device: str | None) -> dict:
     return out
 
 
-def bench_eval(cfg, variants: list[str], num_windows: int, device: str | None) -> list[dict]:
+def bench_eval(cfg, variants: list[str], num_windows: int, device: str | None, log=None) -> list[dict]:
     """Any variant of the registry on random tokens and a random model: windows/s on this device (one rank).
 
     The passes run exactly as `evaluate` runs them (same registry entry, same backends, same quirks:
     the run's own passes with the QAT flag on), after a warm-up on a short prefix that compiles every
     shape. dynamic_krause is left out: its statistics need the training data.
     """
+    log = log or (lambda line: print(line, flush=True))  # a line per stage: never silent for minutes
     ctx = dist_utils.setup(device)
     e = cfg.eval
     backends = configure_backends(cfg, ctx.device)
@@ -104,13 +105,17 @@ def bench_eval(cfg, variants: list[str], num_windows: int, device: str | None) -
         if name == "dynamic_krause":
             raise ValueError("bench eval: dynamic_krause needs training batches for its statistics: not benchmarked")
         v = VARIANTS[name]
+        log(f"bench eval: {name}: warm-up on a short prefix (compiles every shape) ...")
+        t0 = time.perf_counter()
         v.run(job_for(v, cfg, ck, prefix, lut, Quirks(), ranks, backends, {}))  # compile every shape first
         _sync(ctx.device)
+        log(f"bench eval: {name}: warm-up done in {time.perf_counter() - t0:.1f} s; timing {n_win:,} windows ...")
         job = job_for(v, cfg, ck, tokens, lut, Quirks(), ranks, backends, {})
         t0 = time.perf_counter()
         r, _ = v.run(job)
         _sync(ctx.device)
         s = time.perf_counter() - t0
+        log(f"bench eval: {name}: {n_win:,} windows in {s:.1f} s")
         results.append({**_header(ctx, backends), "bench": "eval", "variant": name, "windows": n_win,
                         "seconds": s, "windows_per_s": n_win / s, "seq_len": e.eval_seq_len,
                         "stride": e.eval_stride, "batch_seqs": e.eval_batch_seqs, "compiled": job.compile,
@@ -146,7 +151,7 @@ def dynamic_compiled_vs_eager(run_dir: str | Path, device: str | None = None,
     meta = json.loads((run_dir / "meta.json").read_text())
     cfg = RunConfig.from_dict(meta["config"])
     backends = configure_backends(cfg, ctx.device)
-    lut, tokens, ck = evaluation_inputs(cfg, run_dir / "final_model.int6.ptz", ctx.device)
+    lut, tokens, ck = evaluation_inputs(cfg, quant.run_artifact(run_dir), ctx.device)
     quirks = Quirks(qat_on=meta.get("qat_enabled_at_end", True))
     out = {"run": str(run_dir), "tokens": tokens.numel()}
     v = VARIANTS["dynamic"]

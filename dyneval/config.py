@@ -131,7 +131,7 @@ class TrainConfig:
         _finite(self)
         _positive(self, "iterations", "train_batch_tokens", "train_seq_len", "val_batch_size_tokens",
                   "train_log_every", "grad_accum_total")
-        _non_negative(self, "max_wallclock_seconds", "warmdown_iters", "warmup_steps", "ema_decay",
+        _non_negative(self, "seed", "max_wallclock_seconds", "warmdown_iters", "warmup_steps", "ema_decay",
                       "late_qat_threshold", "val_loss_every", "checkpoint_every", "max_val_tokens", "threads")
         if self.ema_decay >= 1:
             raise ValueError(f"ema_decay={self.ema_decay} must be < 1")

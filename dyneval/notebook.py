@@ -216,12 +216,37 @@ def train_stage(cfg: RunConfig, run_dir: str | Path, log=print) -> dict:
     """
     run_dir = Path(run_dir)
     meta = run_dir / "meta.json"
-    if meta.is_file() and json.loads(meta.read_text())["config"] == cfg.to_dict():
+    if meta.is_file() and json.loads(meta.read_text()).get("config") == cfg.to_dict():
         log(f"{meta} exists for this config: training skipped")
         return json.loads(meta.read_text())
+    refuse_other_run(cfg, run_dir)
     path = write_config(cfg, run_dir / "config.json")
     launch(["train", "--config", str(path), "--out", str(run_dir), "--resume"], num_processes(cfg), log=log)
     return json.loads(meta.read_text())
+
+
+def refuse_other_run(cfg: RunConfig, run_dir: Path) -> None:
+    """A run_dir holding a finished run or a checkpoint of another config is refused (never trained over)."""
+    from .train import CHECKPOINT, _first_difference
+
+    meta = run_dir / "meta.json"
+    if meta.is_file():
+        have = json.loads(meta.read_text()).get("config") or {}
+        raise ValueError(f"run_dir {run_dir} holds a finished run of another config "
+                         f"({_first_difference(have, cfg.to_dict()).replace('checkpoint', 'there')}): choose another "
+                         f"run_dir, or delete that run to train this config there")
+    ckpt = run_dir / CHECKPOINT
+    if ckpt.is_file():
+        import torch
+
+        try:
+            have = torch.load(ckpt, map_location="cpu", weights_only=True).get("config") or {}
+        except Exception:  # unreadable: the training stage names it
+            return
+        if have != cfg.to_dict():
+            raise ValueError(f"run_dir {run_dir} holds a checkpoint of another config "
+                             f"({_first_difference(have, cfg.to_dict()).replace('checkpoint', 'there')}): choose "
+                             f"another run_dir, or delete {ckpt} to train this config there")
 
 
 def export_stage(run_dir: str | Path, settings=None, log=print) -> dict:
@@ -232,7 +257,7 @@ def export_stage(run_dir: str | Path, settings=None, log=print) -> dict:
 
     run_dir = Path(run_dir)
     settings = settings or quant.QuantSettings()
-    done, artifact = run_dir / "export.json", run_dir / quant.ARTIFACT
+    done, artifact = run_dir / "export.json", run_dir / quant.artifact_name(settings.bits)
     if done.is_file() and artifact.is_file():
         prev = json.loads(done.read_text())
         if prev["settings"] == asdict(settings) and \

@@ -9,7 +9,9 @@ against the challenge's 16,000,000-byte cap (compressed model + code).
 from __future__ import annotations
 
 import io
+import json
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -247,6 +249,13 @@ def read_artifact(path: str | Path, max_raw_bytes: int = MAX_RAW_BYTES) -> tuple
     return obj["w"], obj["m"]
 
 
+def grid_bits(meta: dict) -> int | None:
+    """The bit width of an artifact's attention/MLP grid, from its per-tensor meta (`int6`, `int4`, ...);
+    None when no tensor is on that grid (a model small enough to be all passthrough)."""
+    kinds = {m["type"] for m in meta.values() if isinstance(m, dict) and m.get("type", "int8") != "int8"}
+    return int(min(kinds)[3:]) if kinds else None
+
+
 def load_artifact(path: str | Path, template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     tensors, meta = read_artifact(path, raw_size_bound(template))
     return dequantize_state_dict(tensors, meta, template, source=str(path))
@@ -284,6 +293,26 @@ ARTIFACT = "final_model.int6.ptz"
 FINAL_WEIGHTS = "final_model.pt"
 
 
+def artifact_name(bits: int) -> str:
+    """The artifact's file name says its grid: `final_model.int6.ptz` (the run's name, kept byte for byte
+    for 6 bits), `final_model.int4.ptz` for a 4-bit export, and so on."""
+    return f"final_model.int{bits}.ptz"
+
+
+def run_artifact(run_dir: str | Path) -> Path:
+    """The artifact a run folder's latest export wrote (meta.json's `export.artifact`; the run's name before)."""
+    run_dir = Path(run_dir)
+    meta = run_dir / "meta.json"
+    if meta.is_file():
+        try:
+            name = json.loads(meta.read_text()).get("export", {}).get("artifact")
+        except (json.JSONDecodeError, AttributeError):
+            raise ValueError(f"{meta}: not a JSON object with an `export` entry: train the run again") from None
+        if name:
+            return run_dir / Path(name).name
+    return run_dir / ARTIFACT
+
+
 def export(run_dir: str | Path, cfg, settings: QuantSettings = QuantSettings(), device: str | None = None,
            log=print) -> dict:
     """The export stage: `final_model.pt` -> the artifact, its size report, and its round-trip score.
@@ -306,9 +335,12 @@ def export(run_dir: str | Path, cfg, settings: QuantSettings = QuantSettings(), 
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no final weights: train the run first")
     state = torch.load(weights, map_location="cpu", weights_only=True)
-    artifact = run / ARTIFACT
+    artifact = run / artifact_name(settings.bits)
     if ctx.is_main:
+        log(f"export: quantizing to int{settings.bits} and compressing with zstd -{ZSTD_LEVEL} -> {artifact.name} ...")
+        t0 = time.perf_counter()
         write_artifact(artifact, state, settings)
+        log(f"export: {artifact.name} written in {time.perf_counter() - t0:.1f} s")
     dist_utils.barrier()
     model = GPT(cfg.model, init_weights=False).to(ctx.device)  # the artifact's weights are loaded next
     if ctx.device.type == "cuda":
@@ -324,12 +356,29 @@ def export(run_dir: str | Path, cfg, settings: QuantSettings = QuantSettings(), 
                              autocast=ctx.device.type == "cuda")
     require_finite(str(artifact), rt)  # no NaN score with exit status 0
     size = size_report(artifact)
-    out = {"settings": asdict(settings), "artifact_sha256": files.sha256_file(artifact),
-           "int6_roundtrip": rt.summary(), "size": size}
+    out = {"settings": asdict(settings), "bits": settings.bits, "artifact": artifact.name,
+           "artifact_sha256": files.sha256_file(artifact), "roundtrip": rt.summary(), "size": size}
+    if settings.bits == 6:
+        out["int6_roundtrip"] = out["roundtrip"]  # the run's name for it
     if ctx.is_main:
         files.write_json(run / "size_report.json", size)
         files.write_json(run / "export.json", out)
-    log(f"int6_roundtrip (before any adaptation) val_loss:{rt.loss:.4f} val_bpb:{rt.bpb:.4f}")
+        record_export(run, out)
+    log(f"int{settings.bits}_roundtrip (before any adaptation) val_loss:{rt.loss:.4f} val_bpb:{rt.bpb:.4f}")
     log(f"artifact: {size['model_bytes']:,} bytes + code {size['code_bytes']:,} = {size['total_bytes']:,} "
         f"(cap {size['cap_bytes']:,}: {'under' if size['under_cap'] else 'OVER'})")
     return out
+
+
+def record_export(run: Path, exported: dict) -> None:
+    """A re-export of a finished run updates its meta.json (what `evaluate --run-dir` scores and the report
+    counts): the artifact, its bits and sha256, its size. Training's own numbers stay (`int6_roundtrip`
+    is the 6-bit export's score at the end of training)."""
+    path = run / "meta.json"
+    if not path.is_file():
+        return  # training writes meta.json itself, after its export
+    meta = json.loads(path.read_text())
+    meta["export"] = {k: exported[k] for k in ("settings", "bits", "artifact", "artifact_sha256", "roundtrip")}
+    meta["artifact_sha256"] = exported["artifact_sha256"]
+    meta["size"] = exported["size"]
+    files.write_json(path, meta)

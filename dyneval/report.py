@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -81,17 +82,160 @@ def load_runs(runs: str | Path) -> dict:
         failed = d / "FAILED.json"
         res = d / "eval" / "results.json"
         if failed.is_file():
-            out[seed] = {"failed": json.loads(failed.read_text()).get("error", "failed"), "dir": d}
+            out[seed] = {"failed": read_json(failed).get("error", "failed"), "dir": d}
         elif res.is_file() and (d / "meta.json").is_file():
-            out[seed] = {"meta": json.loads((d / "meta.json").read_text()), "results": json.loads(res.read_text()),
-                         "dir": d}
+            out[seed] = {"meta": read_meta(d / "meta.json"), "results": read_results(res), "dir": d}
         else:
             out[seed] = {"failed": "incomplete (no eval/results.json)", "dir": d}
     return out
 
 
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`; a truncated or non-object file is a one-line error naming it."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}): a truncated or damaged file; rerun the stage that "
+                         f"writes it") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def read_meta(path: Path) -> dict:
+    """A run's meta.json with the fields the report reads (config, size, history) checked."""
+    meta = read_json(path)
+    need = {"config": dict, "size": dict, "history": dict}
+    for key, kind in need.items():
+        if not isinstance(meta.get(key), kind):
+            raise ValueError(f"{path}: no {key!r} object (an incomplete or older meta.json): train the run again")
+    if not isinstance(meta["size"].get("total_bytes"), (int, float)):
+        raise ValueError(f"{path}: size.total_bytes is missing or not a number")
+    for key in ("train", "val"):
+        if not isinstance(meta["history"].get(key), list):
+            raise ValueError(f"{path}: history.{key} is missing or not a list")
+    return meta
+
+
+def read_results(path: Path) -> dict:
+    """An evaluation's results.json, every number a number (a string bpb would be averaged as text)."""
+    results = read_json(path)
+    for name, r in results.items():
+        if not isinstance(r, dict):
+            raise ValueError(f"{path}: {name} is not an object")
+        for key in ("bpb", "loss", "seconds"):
+            if key in r and (isinstance(r[key], bool) or not isinstance(r[key], (int, float))):
+                raise ValueError(f"{path}: {name}.{key} is {r[key]!r}, not a number")
+    return results
+
+
 def ok_runs(runs: dict) -> dict:
     return {s: r for s, r in runs.items() if "failed" not in r}
+
+
+# ----------------------------------------------------------------------------------------------
+# Which seeds may be aggregated
+
+REPRODUCE_RECORD = "reproduce.json"  # written by `reproduce`: its profile, --set and --seed-set
+
+
+def seed_set_fields(runs_dir: str | Path) -> dict[int, list[str]]:
+    """The `--seed-set` overrides `reproduce` recorded for this folder: {seed: ["field=value", ...]}."""
+    path = Path(runs_dir) / REPRODUCE_RECORD
+    if not path.is_file():
+        return {}
+    return {int(k): list(v) for k, v in read_json(path).get("seed_overrides", {}).items()}
+
+
+def _flat(config: dict) -> dict:
+    return {f"{s}.{k}" if isinstance(sec, dict) else s: v for s, sec in config.items()
+            for k, v in (sec.items() if isinstance(sec, dict) else [(None, sec)])}
+
+
+def _field(item: str) -> str:
+    """`lr=1` or `train.seed=5` -> the full field name."""
+    from .config import _locate, _split
+
+    return ".".join(_locate(_split(item)[0]))
+
+
+def _artifact_sha(run: dict) -> str | None:
+    meta = run["meta"]
+    return meta.get("export", {}).get("artifact_sha256") or meta.get("artifact_sha256")
+
+
+def comparability(runs: dict, seed_sets: dict[int, list[str]] | None = None) -> list[str]:
+    """Why the finished seeds may not be averaged, one sentence per seed; [] when they may.
+
+    Seeds are comparable when each is its own run (its folder's seed is the seed it trained with, no two
+    share an artifact), each scored the artifact its meta.json records, and all have the same config
+    except `train.seed`, the per-seed step count of a step-count profile (`record_1gpu`: each seed's
+    published count) and the fields set per seed with `--seed-set`; and every variant of any seed was
+    scored on every seed (with the same eval settings).
+    """
+    from .config import published_iterations
+
+    good = ok_runs(runs)
+    per_seed = {s: {_field(o) for o in over} for s, over in (seed_sets or {}).items()}
+    problems, artifacts = [], {}
+    for seed, r in good.items():
+        trained = r["meta"]["config"].get("train", {}).get("seed")
+        if trained != seed:
+            problems.append(f"seed {seed}: its run trained with train.seed={trained}, not {seed} "
+                            f"(seeds come from --seeds, never --set train.seed)")
+        sha = _artifact_sha(r)
+        if sha and sha in artifacts:
+            problems.append(f"seed {seed}: its artifact is seed {artifacts[sha]}'s (sha256 {sha[:12]}): the same "
+                            f"run twice is not two seeds")
+        artifacts.setdefault(sha, seed)
+        scored = {e.get("artifact_sha256") for e in r["results"].values() if e.get("artifact_sha256")}
+        if sha and scored - {sha}:
+            problems.append(f"seed {seed}: {r['dir'] / 'eval' / 'results.json'} scores another artifact than its "
+                            f"meta.json records (sha256 {sorted(scored - {sha})[0][:12]} vs {sha[:12]})")
+    if len(good) < 2:
+        return problems
+    ref_seed, ref = next(iter(good.items()))
+    ref_cfg = _flat(ref["meta"]["config"])
+    variants: list[str] = []
+    for r in good.values():
+        variants += [v for v in r["results"] if v not in variants]
+    for seed, r in good.items():
+        cfg = _flat(r["meta"]["config"])
+        free = {"train.seed"} | per_seed.get(seed, set()) | per_seed.get(ref_seed, set())
+        if cfg.get("train.iterations") == published_iterations(seed) and \
+                ref_cfg.get("train.iterations") == published_iterations(ref_seed):
+            free.add("train.iterations")  # a step-count profile: each seed stops where its published run did
+        diff = [k for k in sorted(set(cfg) | set(ref_cfg)) if k not in free and cfg.get(k) != ref_cfg.get(k)]
+        if diff and seed != ref_seed:
+            k = diff[0]
+            problems.append(f"seed {seed}: its config differs from seed {ref_seed}'s ({k} {cfg.get(k)!r} vs "
+                            f"{ref_cfg.get(k)!r}{f', and {len(diff) - 1} more' if len(diff) > 1 else ''})")
+        missing = [v for v in variants if not math.isfinite(_number_or_nan(r["results"].get(v, {}).get("bpb")))]
+        if missing:
+            problems.append(f"seed {seed}: no score for {', '.join(missing[:3])}"
+                            f"{' ...' if len(missing) > 3 else ''} in {r['dir'] / 'eval' / 'results.json'} "
+                            f"(an interrupted or failed evaluate: run it again to add the missing variants)")
+            continue
+        for v in variants:
+            a, b = r["results"][v].get("eval_config"), ref["results"].get(v, {}).get("eval_config")
+            if seed != ref_seed and a is not None and b is not None and a != b:
+                k = next(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+                problems.append(f"seed {seed}: {v} was scored with other eval settings than seed {ref_seed}'s "
+                                f"(eval.{k} {a.get(k)!r} vs {b.get(k)!r})")
+                break
+    return problems
+
+
+def _number_or_nan(x) -> float:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else float("nan")
+
+
+def require_comparable(runs: dict, seed_sets: dict[int, list[str]] | None = None) -> None:
+    """Refuse, in one line naming the seeds and the differences, to aggregate seeds that are not comparable."""
+    problems = comparability(runs, seed_sets)
+    if problems:
+        raise ValueError("not aggregated: " + "; ".join(problems) + ". Averaging them would report one run as "
+                         "several seeds or mix different runs: fix those seeds (or report them from separate folders)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,10 +267,46 @@ def is_record_config(config: dict) -> bool:
         train.get(k) == record["train"][k] for k in ("train_batch_tokens", "train_seq_len"))
 
 
+RECORD_DATA = ("fineweb10B_sp1024", "fineweb_1024_bpe.model")  # the challenge's export: dataset folder, tokenizer
+# The sha256 of the challenge's fineweb_1024_bpe.model is not shipped with the bundle (the published logs do not
+# print it): a run qualifies by the export's names and by recording the hash it checked (data.check_tokenizer);
+# set this to the Hub file's hash to check the bytes too.
+RECORD_TOKENIZER_SHA256: str | None = None
+RECORD_SCHEDULE = ("train.warmdown_iters", "train.late_qat_threshold", "train.qat_trains", "train.grad_accum_total")
+
+
+def record_difference(meta: dict) -> str | None:
+    """What keeps a run from being the record's, in a few words; None when its numbers compare with the
+    published ones: the record's model, batch, data (the challenge's export, by tokenizer hash), schedule
+    (optimizer, warmdown, late QAT), EMA, and a step count within the published runs' range."""
+    from .config import preset
+
+    config = meta.get("config", {})
+    if not is_record_config(config):
+        return "its model or batch is not the record's"
+    record, cfg = _flat(preset("record").to_dict()), _flat(config)
+    data, tok = Path(cfg.get("train.data_path", "")).name, Path(cfg.get("train.tokenizer_path", "")).name
+    sha = meta.get("tokenizer_sha256")
+    if (data, tok) != RECORD_DATA or not sha or (RECORD_TOKENIZER_SHA256 and sha != RECORD_TOKENIZER_SHA256):
+        return (f"its data is not the challenge's FineWeb export (dataset {data}, tokenizer {tok}, "
+                f"sha256 {(sha or 'not recorded')[:12]})")
+    for k in [k for k in record if k.startswith("optim.")] + list(RECORD_SCHEDULE):
+        if cfg.get(k) != record[k]:
+            return f"its schedule differs ({k} {cfg.get(k)!r}, the record's {record[k]!r})"
+    if cfg.get("train.ema_decay") != record["train.ema_decay"]:
+        return f"its EMA differs (train.ema_decay {cfg.get('train.ema_decay')!r}, the record's {record['train.ema_decay']!r})"
+    stops = [log["stop_step"] for log in load_published()["seeds"].values()]
+    steps = meta.get("steps")
+    if not isinstance(steps, int) or not min(stops) <= steps <= max(stops):
+        return f"it trained {steps} steps, outside the published runs' {min(stops):,}-{max(stops):,}"
+    return None
+
+
 def published_comparison(meta: dict, results: dict | None = None) -> list[dict]:
     """The published numbers beside a reproduced run's (meta.json, eval/results.json); [] unless the run
-    is a record profile. A published seed is compared with itself; any other with the published mean."""
-    if not is_record_config(meta.get("config", {})):
+    is the record's (`record_difference`). A published seed is compared with itself; any other with the
+    published mean."""
+    if record_difference(meta) is not None:
         return []
     seeds = load_published()["seeds"]
     seed = str(meta["config"]["train"]["seed"])
@@ -150,26 +330,40 @@ def published_comparison(meta: dict, results: dict | None = None) -> list[dict]:
             ("pre-eval TTT + dynamic eval bpb (the run's headline, final_dyneval)",
              published(lambda g: g["final"]["final_dyneval_exact"]["val_bpb"]),
              results.get("pre_eval_ttt+dynamic", {}).get("bpb"))]
-    return [{"quantity": q, "published": pub, "reproduced": rep, "published_as": against} for q, pub, rep in rows]
+    whole = {"training steps", "int6 + zstd model bytes", "code bytes (the run: its one script; here: dyneval/*.py)"}
+    return [{"quantity": q, "published": pub, "reproduced": rep, "published_as": against, "whole": q in whole}
+            for q, pub, rep in rows]
 
 
 def published_markdown(meta: dict, results: dict | None = None) -> str:
     """A Markdown table of `published_comparison`, or the sentence saying why there is none."""
     rows = published_comparison(meta, results)
     if not rows:
-        return NOT_COMPARABLE + "\n"
+        return not_compared(meta) + "\n"
     seed = meta["config"]["train"]["seed"]
     lines = [f"The published run ({rows[0]['published_as']}, 8×H100) beside this run (seed {seed}):", "",
              "| quantity | published | reproduced | difference |", "|---|---|---|---|"]
     for r in rows:
         pub, rep = r["published"], r["reproduced"]
-        diff = "" if rep is None else _number(rep - pub, signed=True)
-        lines.append(f"| {r['quantity']} | {_number(pub)} | {'—' if rep is None else _number(rep)} | {diff} |")
+        whole = r.get("whole", False)  # counts (steps, bytes): a mean over seeds is still printed whole
+        diff = "" if rep is None else _number(rep - pub, signed=True, whole=whole)
+        lines.append(f"| {r['quantity']} | {_number(pub, whole=whole)} | "
+                     f"{'—' if rep is None else _number(rep, whole=whole)} | {diff} |")
     return "\n".join(lines) + "\n"
 
 
-def _number(x: float, signed: bool = False) -> str:
-    if float(x).is_integer() and abs(x) >= 100:
+def not_compared(meta: dict) -> str:
+    """Why a run is not shown beside the published one, in one sentence."""
+    why = record_difference(meta)
+    if why == "its model or batch is not the record's":
+        return NOT_COMPARABLE
+    return (f"Not compared with the published run: {why}, so its numbers would not compare with the published "
+            f"ones (seed {meta.get('config', {}).get('train', {}).get('seed')}).")
+
+
+def _number(x: float, signed: bool = False, whole: bool = False) -> str:
+    if whole or (float(x).is_integer() and abs(x) >= 100):
+        x = round(x)
         return f"{x:+,.0f}" if signed else f"{x:,.0f}"
     return f"{x:+.4f}" if signed else f"{x:.4f}"
 
@@ -215,7 +409,8 @@ def aggregate(runs: dict) -> list[dict]:
         d_bpb = bpb - np.array([good[s]["results"]["sliding"]["bpb"] for s in seeds])
         d_nats = loss - np.array([good[s]["results"]["sliding"]["loss"] for s in seeds])
         secs = np.array([good[s]["results"][v]["seconds"] for s in seeds])
-        art = np.array([good[s]["meta"]["size"]["total_bytes"] for s in seeds])
+        art = np.array([good[s]["results"][v].get("total_bytes", good[s]["meta"]["size"]["total_bytes"])
+                        for s in seeds])  # the bytes of the artifact scored (older results: training's)
         p = one_sided_p(d_nats) if v != "sliding" else float("nan")
         p_record = one_sided_p(d_nats, -RECORD_DELTA_NATS) if v != "sliding" else float("nan")
         first = good[seeds[0]]["results"][v]
@@ -260,11 +455,15 @@ def _csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def markdown(runs: dict, agg: list[dict], per_seed: list[dict]) -> str:
+def markdown(runs: dict, agg: list[dict], per_seed: list[dict], seed_sets: dict | None = None) -> str:
     good = ok_runs(runs)
     failed = {s: r["failed"] for s, r in runs.items() if "failed" in r}
     lines = [f"# Ablation: every variant on the same checkpoints ({len(good)} seed(s): "
              f"{', '.join(map(str, good)) or 'none'})", ""]
+    sets = {s: o for s, o in (seed_sets or {}).items() if s in runs and o}
+    if sets:
+        lines += ["Per-seed settings (`--seed-set`; otherwise every seed has the same config):", ""]
+        lines += [f"- seed {s}: {', '.join(o)}" for s, o in sets.items()] + [""]
     if failed:
         lines += ["**Failed seeds** (excluded from the statistics):", ""]
         lines += [f"- seed {s}: {reason}" for s, reason in failed.items()] + [""]
@@ -303,7 +502,7 @@ def published_section(good: dict) -> list[str]:
     for seed, r in good.items():
         if is_record_config(r["meta"].get("config", {})):
             lines += published_markdown(r["meta"], r["results"]).splitlines() + [""]
-    return lines or [NOT_COMPARABLE]
+    return lines or [NOT_COMPARABLE]  # record-model runs that are not the record say why, one sentence each
 
 
 def _criterion(r: dict) -> str:
@@ -358,7 +557,11 @@ def _save(fig, out: Path, name: str) -> list[Path]:
 
 def ordered_stream(path: Path) -> dict:
     """A stream sorted by first scored target (rank slices interleave back into stream order)."""
-    s = load_stream(path)
+    try:
+        s = load_stream(path)
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a readable stream ({type(e).__name__}: {str(e)[:80]}): a truncated file; "
+                         f"run evaluate on that run again with --fresh") from None
     order = np.argsort(s["first_scored"], kind="stable")
     return {k: v[order] for k, v in s.items()}
 
@@ -494,7 +697,7 @@ def plot_training_curves(a, b, metas: dict) -> str:
     drawn beneath in grey, step for step: a reproduction of the run should lie on them. Returns a
     sentence saying what was drawn.
     """
-    shown = bool(metas) and all(is_record_config(m.get("config", {})) for m in metas.values())
+    shown = bool(metas) and all(record_difference(m) is None for m in metas.values())
     if shown:
         published = load_published()["seeds"]
         for i, (seed, log) in enumerate(published.items()):
@@ -519,7 +722,7 @@ def plot_training_curves(a, b, metas: dict) -> str:
     _legend(a)
     _legend(b)
     return ("The run's published curves (grey, dotted) are drawn beneath: a reproduction should lie on them."
-            if shown else NOT_COMPARABLE)
+            if shown else not_compared(next(iter(metas.values()))) if metas else NOT_COMPARABLE)
 
 
 def figure_training(runs: dict, out: Path) -> list[Path]:
@@ -535,10 +738,12 @@ def build_report(runs_dir: str | Path, out_dir: str | Path) -> dict:
     runs = load_runs(runs_dir)
     if not runs:
         raise FileNotFoundError(f"{runs_dir}: no seed folders: run `python -m dyneval reproduce` first")
+    seed_sets = seed_set_fields(runs_dir)
+    require_comparable(runs, seed_sets)  # before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     agg, per_seed = aggregate(runs), per_seed_rows(runs)
-    for name, text in (("ablation.md", markdown(runs, agg, per_seed)), ("ablation.csv", _csv(agg)),
+    for name, text in (("ablation.md", markdown(runs, agg, per_seed, seed_sets)), ("ablation.csv", _csv(agg)),
                        ("ablation_per_seed.csv", _csv(per_seed))):
         files.write_text(out / name, text)
     figures = []

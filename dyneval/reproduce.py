@@ -30,7 +30,9 @@ def seed_complete(seed_dir: Path) -> bool:
     res = seed_dir / "eval" / "results.json"
     if not res.is_file() or not (seed_dir / "meta.json").is_file():
         return False
-    r = json.loads(res.read_text())
+    from .report import read_json
+
+    r = read_json(res)  # a truncated results.json is a one-line error naming it
     return all(v in r and math.isfinite(r[v].get("bpb", float("nan"))) for v in VARIANTS)
 
 
@@ -38,24 +40,51 @@ def seed_differs(seed_dir: Path, cfg) -> str | None:
     """Why a complete seed is not the run asked for (config, artifact hash, results' artifact), or None."""
     from .files import sha256_file
 
-    meta = json.loads((seed_dir / "meta.json").read_text())
+    from .report import read_json
+
+    meta = read_json(seed_dir / "meta.json")
     want, have = json.loads(json.dumps(cfg.to_dict())), meta.get("config", {})
     changed = [f"{s}.{k}: {have.get(s, {}).get(k)!r} -> {v!r}" for s, sec in want.items() if isinstance(sec, dict)
                for k, v in sec.items() if have.get(s, {}).get(k) != v]
     if changed or want.get("nproc") != have.get("nproc"):
         return f"its config differs ({'; '.join(changed[:3]) or 'nproc'})"
-    artifact = seed_dir / "final_model.int6.ptz"
+    from .quant import run_artifact
+
+    artifact = run_artifact(seed_dir)
     sha = meta.get("artifact_sha256") or meta.get("export", {}).get("artifact_sha256")
     if not sha:
         return "its meta.json records no artifact hash to check the artifact against (an older run)"
     if not artifact.is_file() or sha != sha256_file(artifact):
         return "its artifact is not the one its meta.json records (artifact_sha256)"
-    results = json.loads((seed_dir / "eval" / "results.json").read_text())
+    results = read_json(seed_dir / "eval" / "results.json")
     other = sorted(v for v, r in results.items() if Path(r.get("artifact", "")).resolve() != artifact.resolve()
                    or r.get("artifact_sha256", sha) != sha)
     if other:
         return f"its results of {', '.join(other[:3])} score another artifact"
     return None
+
+
+class CellOutput:
+    """A file-like sink for what a notebook's cells print (papermill's `stdout_file`), passed on to `log`
+    line by line as the cells run, indented under the notebook's name: the training and evaluation logs
+    reach reproduce's output as they reach the cells."""
+
+    def __init__(self, log, indent: str = "    "):
+        self.log, self.indent, self.partial = log, indent, ""
+
+    def write(self, text: str) -> int:
+        *done, self.partial = (self.partial + text).split("\n")
+        for line in done:
+            self.log(self.indent + line.rstrip("\r"))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.partial:
+            self.log(self.indent + self.partial)
+            self.partial = ""
 
 
 def run_notebook(name: str, out_dir: Path, params: dict, timeout: int, log) -> None:
@@ -64,9 +93,14 @@ def run_notebook(name: str, out_dir: Path, params: dict, timeout: int, log) -> N
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     log(f"  {name} ...")
-    papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out_dir / f"{name}.ipynb"), parameters=params,
-                               kernel_name="python3", cwd=str(Path.cwd()), progress_bar=False, log_output=False,
-                               execution_timeout=timeout, request_save_on_cell_execute=True)
+    cells = CellOutput(log)
+    try:
+        papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out_dir / f"{name}.ipynb"), parameters=params,
+                                   kernel_name="python3", cwd=str(Path.cwd()), progress_bar=False, log_output=False,
+                                   stdout_file=cells, stderr_file=cells, execution_timeout=timeout,
+                                   request_save_on_cell_execute=True)
+    finally:
+        cells.close()
     log(f"  {name} done in {time.perf_counter() - t0:.0f} s")
 
 
@@ -78,7 +112,7 @@ def _error_line(e: Exception) -> str:
 
 def reproduce(profile: str, seeds: list[int], out: str | Path, overrides: list[str] = (),
               seed_overrides: dict[int, list[str]] | None = None, figures: str | Path | None = None,
-              timeout: int = 3600, data_root: str = "data", fresh: bool = False, log=print) -> dict:
+              timeout: int = 3600, data_root: str = "data", fresh: bool = False, log=None) -> dict:
     """Run every seed (skipping identical complete ones, recording failures), then the report; return a summary.
 
     A complete seed whose config or artifact differs from the one asked for is refused, or, with
@@ -87,11 +121,34 @@ def reproduce(profile: str, seeds: list[int], out: str | Path, overrides: list[s
     """
     from . import config, files
 
+    log = log or (lambda line: print(line, flush=True))  # flushed: a pipe or a log file sees each line as it comes
     config.preset(profile)  # an unknown profile fails here, before any notebook starts
+    check_seeds(seeds, overrides, seed_overrides)
     out = Path(out).resolve()
     figures = Path(figures).resolve() if figures else out / "figures"
     with files.lock_folder(out):
+        files.write_json(out / "reproduce.json", {"profile": profile, "seeds": list(seeds), "overrides": list(overrides),
+                                                   "seed_overrides": {str(k): v for k, v in (seed_overrides or {}).items()}})
         return _reproduce(profile, seeds, out, overrides, seed_overrides, figures, timeout, data_root, fresh, log)
+
+
+def check_seeds(seeds: list[int], overrides=(), seed_overrides: dict | None = None) -> None:
+    """Seeds come from `--seeds` only: distinct, non-negative, and never overridden by `--set train.seed`
+    (applied after each seed's own, it would train the same model under every seed's name)."""
+    from .config import _locate, _split
+
+    bad = [s for s in seeds if s < 0]
+    if bad:
+        raise ValueError(f"--seeds {bad[0]}: a seed is a non-negative integer")
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ValueError(f"--seeds names seed {twice[0]} twice: a seed is one run")
+    items = [("--set", o) for o in overrides] + [(f"--seed-set {s}:", o) for s, over in (seed_overrides or {}).items()
+                                                 for o in over]
+    for opt, item in items:
+        if _locate(_split(item)[0]) == ("train", "seed"):
+            raise ValueError(f"{opt} {item}: the seed of each run comes from --seeds (train.seed=N under --set would "
+                             f"train the same model for every seed): use --seeds N")
 
 
 def _reproduce(profile, seeds, out: Path, overrides, seed_overrides, figures, timeout, data_root, fresh, log) -> dict:
@@ -147,8 +204,10 @@ def _reproduce(profile, seeds, out: Path, overrides, seed_overrides, figures, ti
         eta = f"; about {left * sum(seed_seconds) / len(seed_seconds) / 60:.0f} min for the {left} left" if left else ""
         log(f"[{i}/{len(seeds)}] seed {seed} done in {seed_seconds[-1]:.0f} s{eta}")
     log("report ...")
-    run_notebook("05_report", out / "notebooks", {"runs_root": str(out), "figures_dir": str(figures)},
-                 timeout, log)
+    try:
+        run_notebook("05_report", out / "notebooks", {"runs_root": str(out), "figures_dir": str(figures)}, timeout, log)
+    except Exception as e:  # e.g. seeds that may not be averaged: the report's own one line
+        raise ValueError(f"report: {_error_line(e)} (notebook {out / 'notebooks' / '05_report.ipynb'})") from None
     summary["seconds"] = time.perf_counter() - t_all
     log(f"reproduce: {len(summary['done'])} run, {len(summary['skipped'])} skipped, {len(summary['failed'])} failed "
         f"in {summary['seconds']:.0f} s; tables and figures in {figures}")

@@ -271,6 +271,9 @@ def warm_up(tr: Trainer, st: TrainState) -> None:
     init_model = copy.deepcopy(st.model.state_dict())
     init_opt = copy.deepcopy(st.opts.state_dict())
     st.model.train()
+    if tr.model is not st.model:  # compiled: the first step compiles, which takes minutes on a GPU
+        tr.log(f"warmup: {tc.warmup_steps} steps; the first compiles the model (torch.compile, minutes) ...")
+    t0 = time.perf_counter()
     for _ in range(tc.warmup_steps):
         st.opts.zero_grad()
         micro_steps(tr, st)
@@ -279,7 +282,7 @@ def warm_up(tr: Trainer, st: TrainState) -> None:
     st.opts.load_state_dict(init_opt)
     st.loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), tr.ctx.rank, tr.ctx.world_size,
                                             tr.ctx.device, tr.cfg.model.vocab_size)
-    tr.log(f"warmup: {tc.warmup_steps} steps done, weights/optimizer/loader restored")
+    tr.log(f"warmup: {tc.warmup_steps} steps done in {time.perf_counter() - t0:.1f} s, weights/optimizer/loader restored")
 
 
 def validate(tr: Trainer, st: TrainState, model: GPT | None = None):
@@ -382,6 +385,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, device: str
     """
     tr, st = setup(cfg, out_dir, device)
     tc = cfg.train
+    for line in start_warnings(cfg, tr.ctx.device, tr.ctx.world_size):
+        tr.log(line)
     ckpt = tr.out / CHECKPOINT
     if resume and ckpt.is_file():
         st.load_state_dict(read_checkpoint(ckpt, cfg, tr.ctx.device), str(ckpt))
@@ -434,10 +439,65 @@ def finish(tr: Trainer, st: TrainState) -> dict:
             "steps": st.step, "train_seconds": st.train_ms / 1000.0, "late_qat_step": st.qat_step,
             "qat_enabled_at_end": st.qat_step is not None, "qat_trained": bool(tr.cfg.train.qat_trains),
             "final_ema": ema_val.summary(), "int6_roundtrip": exported["int6_roundtrip"], "size": exported["size"],
-            "export": {k: exported[k] for k in ("settings", "artifact_sha256")}, "history": st.history,
+            "export": {k: exported[k] for k in ("settings", "bits", "artifact", "artifact_sha256")}, "history": st.history,
             "tokenizer_sha256": tr.tokenizer_sha256}  # checked at evaluation
     if tr.ctx.is_main:
         files.write_json(tr.out / "meta.json", meta)
         (tr.out / CHECKPOINT).unlink(missing_ok=True)
     tr.log.close()
     return meta
+
+
+# Files of a run folder that a new training would replace (the artifact names of every bit width, and eval/).
+RUN_OUTPUTS = (CHECKPOINT, quant.FINAL_WEIGHTS, "meta.json", "export.json", "size_report.json", "train.log")
+
+
+def claim_run_folder(out: str | Path, resume: bool, fresh: bool) -> None:
+    """Refuse to train over a finished run or a checkpoint unless asked: `resume` continues a checkpoint,
+    `fresh` deletes the run's files (and its eval/) first. A finished run is never resumed over."""
+    import shutil
+
+    out = Path(out)
+    finished, ckpt = (out / "meta.json").is_file(), (out / CHECKPOINT).is_file()
+    if fresh:
+        for name in RUN_OUTPUTS:
+            (out / name).unlink(missing_ok=True)
+        for artifact in out.glob("final_model.int*.ptz"):
+            artifact.unlink()
+        shutil.rmtree(out / "eval", ignore_errors=True)
+        return
+    if finished:
+        raise ValueError(f"{out}: holds a finished run (meta.json){' that --resume cannot continue' if resume else ''}: "
+                         f"choose another --out, or --fresh to delete it (and its eval/) and train again")
+    if ckpt and not resume:
+        raise ValueError(f"{out}: holds a checkpoint of an interrupted run ({CHECKPOINT}): --resume to continue it, "
+                         f"or --fresh to delete it and start over")
+
+
+def start_warnings(cfg: RunConfig, device: torch.device, world_size: int) -> list[str]:
+    """One line each, at the start of training: a record profile on hardware it was not made for (and what
+    its wall clock or step count will then do), and a schedule that cannot fit its step count."""
+    from .config import preset
+
+    tc, out = cfg.train, []
+    record = preset("record")
+    if cfg.model == record.model and tc.train_batch_tokens == record.train.train_batch_tokens:
+        made = f"{cfg.nproc}×H100"
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if device.type == "cuda" else []
+        here = (f"{world_size} process(es) on {gpus[0]}" if gpus else f"{world_size} process(es) on the CPU")
+        wrong = device.type != "cuda" or world_size < cfg.nproc or not all("H100" in g for g in gpus)
+        if wrong and tc.max_wallclock_seconds:
+            out.append(f"warning: this record profile was made for {made}, here {here}: its "
+                       f"{tc.max_wallclock_seconds:.0f} s wall clock will stop training after a fraction of the run's "
+                       f"~5,600 steps (its warmdown is timed: the schedule completes, on far fewer steps and tokens)")
+        elif wrong:
+            out.append(f"warning: this record profile was made for {made}, here {here}: without a wall clock it "
+                       f"trains all {tc.iterations:,} steps with the run's math, at this hardware's speed")
+    if not tc.max_wallclock_seconds and tc.warmdown_iters > tc.iterations:
+        lr0 = lr_scale(0, 0.0, tc.iterations, tc.warmdown_iters, 0.0)
+        out.append(f"warning: warmdown_iters {tc.warmdown_iters:,} > iterations {tc.iterations:,}: every step is in "
+                   f"the warmdown and the learning rate starts at {100 * lr0:.1f}% of its peak")
+    if cfg.optim.muon_momentum_warmup_steps > tc.iterations:
+        out.append(f"warning: muon_momentum_warmup_steps {cfg.optim.muon_momentum_warmup_steps:,} > iterations "
+                   f"{tc.iterations:,}: Muon's momentum never reaches {cfg.optim.muon_momentum}")
+    return out

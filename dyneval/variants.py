@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,14 +47,16 @@ class Checkpoint:
     def __init__(self, cfg: RunConfig, artifact: Path, device: torch.device):
         self.cfg, self.artifact, self.device = cfg, Path(artifact), device
         template = GPT(cfg.model, init_weights=False).state_dict()  # names, shapes and dtypes only
-        self.state = quant.load_artifact(artifact, template)
+        tensors, qmeta = quant.read_artifact(artifact, quant.raw_size_bound(template))
+        self.state = quant.dequantize_state_dict(tensors, qmeta, template, source=str(artifact))
         self.sha256 = files.sha256_file(self.artifact)
+        self.bits = quant.grid_bits(qmeta)  # what the artifact holds, whatever its name says
 
     @classmethod
     def from_state(cls, cfg: RunConfig, state: dict, device: torch.device) -> "Checkpoint":
         """Weights given directly (benchmarks on a random model), not read from an artifact."""
         ck = cls.__new__(cls)
-        ck.cfg, ck.artifact, ck.device, ck.state, ck.sha256 = cfg, Path("<in memory>"), device, state, ""
+        ck.cfg, ck.artifact, ck.device, ck.state, ck.sha256, ck.bits = cfg, Path("<in memory>"), device, state, "", None
         return ck
 
     def model(self, bf16_tables: bool = True) -> GPT:
@@ -249,7 +252,9 @@ DEFAULT_ORDER = list(VARIANTS)
 
 
 def parse_variants(text: str) -> list[str]:
-    names = DEFAULT_ORDER if text.strip() == "all" else [v.strip() for v in text.split(",") if v.strip()]
+    """`a,b` -> [a, b]; `all` (alone or in a list) stands for every variant; each variant runs once."""
+    items = [v.strip() for v in text.split(",") if v.strip()]
+    names = list(dict.fromkeys(n for item in items for n in (DEFAULT_ORDER if item == "all" else [item])))
     if not names:
         raise ValueError(f"--variants {text!r} names no variant: choose from {', '.join(DEFAULT_ORDER)} or `all`")
     unknown = [n for n in names if n not in VARIANTS]
@@ -335,7 +340,9 @@ def load_results(path: Path, sha: str, cfg: RunConfig, fresh: bool) -> dict:
     """
     if fresh or not path.is_file():
         return {}
-    results = json.loads(path.read_text())
+    from .report import read_results
+
+    results = read_results(path)  # a truncated file is a one-line error naming it
     other = [n for n, r in results.items() if not _same_origin(r, sha, cfg)]
     if other:
         raise ValueError(f"{path}: holds results of another artifact or config ({other[0]}, ...): "
@@ -343,15 +350,53 @@ def load_results(path: Path, sha: str, cfg: RunConfig, fresh: bool) -> dict:
     return results
 
 
+RESULT_FILES = ("results.json", "ablation.md", "ablation.csv", "doc_starts.npy")
+
+
+def start_over(out: Path) -> None:
+    """`--fresh`: remove the folder's earlier results first (results.json before anything it lists), so an
+    interruption before the first new variant leaves no old result beside the new files."""
+    for name in RESULT_FILES:
+        (out / name).unlink(missing_ok=True)
+    for name in VARIANTS:
+        (out / f"{name}.npz").unlink(missing_ok=True)
+
+
+def check_virtual_ranks(ranks, tokens: torch.Tensor, cfg: RunConfig) -> None:
+    """More ranks than sliding windows leaves ranks with nothing to adapt on: their variants would silently
+    be sliding's number."""
+    windows = -(-(tokens.numel() - 1) // cfg.eval.eval_stride)
+    if ranks.total > windows:
+        raise ValueError(f"--virtual-ranks {ranks.total}: the stream has only {windows} sliding windows "
+                         f"(eval.eval_stride {cfg.eval.eval_stride}), so some ranks would adapt on nothing: "
+                         f"use at most {windows}")
+
+
 def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: list[str], quirks: Quirks = Quirks(),
                         virtual_ranks: int | None = None, device: str | None = None, fresh: bool = False,
                         qat_flag_set: bool = True, log=print) -> dict:
     """Run `variants` on the artifact; write results.json, streams and tables into `out`; return results.
 
+    One process writes into `out` at a time (a lock, as for train and reproduce). Variants already in its
+    results.json for the same artifact and config are kept, not run again (`fresh` starts over). SIGINT
+    and SIGTERM end the call after the variant in flight (KeyboardInterrupt), every file consistent.
+
     `qat_flag_set`: whether training set late QAT's flag (a run folder's meta.json says; an artifact
     alone is assumed to come from a run that did, as every published one did). Where it was never
     set, the run's own passes had no fake quantization to suffer, so the `qat_on` quirk is off.
     """
+    import contextlib
+
+    from .train import Interrupts
+
+    lock = files.lock_folder(out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    with lock, Interrupts() as interrupts:
+        return _evaluate_checkpoint(cfg, artifact, out, variants, quirks, virtual_ranks, device, fresh,
+                                    qat_flag_set, log, interrupts)
+
+
+def _evaluate_checkpoint(cfg, artifact, out, variants, quirks, virtual_ranks, device, fresh, qat_flag_set, log,
+                         interrupts) -> dict:
     from .report import write_run_tables
 
     if not qat_flag_set:
@@ -362,21 +407,34 @@ def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: lis
     e = cfg.eval
     lut, tokens, ck = evaluation_inputs(cfg, artifact, ctx.device)
     ranks = default_ranks(cfg, virtual_ranks)
+    check_virtual_ranks(ranks, tokens, cfg)
     out = Path(out)
     results_path = out / "results.json"
     results = load_results(results_path, ck.sha256, cfg, fresh)
     if ctx.is_main:
         files.output_folder(out)
+        if fresh:
+            start_over(out)
         # document boundaries (target index of each BOS), for per-document figures
         bos = torch.nonzero(tokens[1:] == data.BOS_ID).flatten().cpu().numpy()
         with files.atomic_open(out / "doc_starts.npy") as f:
             np.save(f, np.unique(np.concatenate([[0], bos])).astype(np.int64))
     cache: dict = {}
+    size = quant.size_report(artifact)  # the bytes of the artifact scored (the report's column)
+    artifact_size = {"artifact_bytes": size["model_bytes"], "total_bytes": size["total_bytes"]}
+    done = [n for n in variants if "bpb" in results.get(n, {}) and (out / f"{n}.npz").is_file()]
+    if done:
+        log(f"{out}: {', '.join(done)} already scored on this artifact and config: kept (--fresh runs them again)")
     for name in variants:
+        if name in done:
+            continue
+        if interrupts.any_rank():  # between variants: everything scored so far is written
+            raise KeyboardInterrupt
         v = VARIANTS[name]
         job = job_for(v, cfg, ck, tokens, lut, quirks, ranks, backends, cache)
         try:
-            res, settings = v.run(job)
+            with heartbeat(log if ctx.is_main else None, name):
+                res, settings = v.run(job)
         except adapt.DivergedError as err:
             results[name] = {"legal": v.legal, "legal_reason": v.reason, "error": str(err)}
             if ctx.is_main:
@@ -390,6 +448,7 @@ def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: lis
                          "faithful": v.faithful, "rank_local": v.rank_local, "settings": settings,
                          "backends": backends, "cpu_threads": torch.get_num_threads(),
                          "openmp": dict(cpu.decision) or None, "artifact": str(artifact), "artifact_sha256": ck.sha256,
+                         "bits": ck.bits, **artifact_size,
                          "eval_config": asdict(e), "model_config": asdict(cfg.model), "world_size": ctx.world_size,
                          "device": str(ctx.device)}
         if ctx.is_main:
@@ -399,3 +458,32 @@ def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: lis
             log(f"{name:<26} bpb {res.bpb:.5f} loss {res.loss:.5f} ({res.seconds:.1f} s) "
                 f"{'legal' if v.legal else 'NOT LEGAL'}")
     return results
+
+
+HEARTBEAT_SECONDS = 30.0  # no stage is silent for longer (a record variant on a GPU can take minutes)
+
+
+class heartbeat:
+    """While a long call runs, `log` a line every HEARTBEAT_SECONDS saying it is still running (a thread
+    that only prints: it touches no tensor)."""
+
+    def __init__(self, log, what: str, every: float = HEARTBEAT_SECONDS):
+        import threading
+
+        self.log, self.what, self.every = log, what, every
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        t0 = time.perf_counter()
+        while not self.done.wait(self.every):
+            self.log(f"{self.what}: still running ({time.perf_counter() - t0:.0f} s)")
+
+    def __enter__(self):
+        if self.log is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        return False

@@ -57,7 +57,7 @@ print(size["code_definition"])
 # The artifact is read with `weights_only=True`: it can hold tensors and plain containers, never code.
 
 # %%
-tensors, qmeta = quant.read_artifact(run.run_dir / quant.ARTIFACT)
+tensors, qmeta = quant.read_artifact(quant.run_artifact(run.run_dir))  # final_model.int{bits}.ptz
 kinds = Counter(m if isinstance(m, str) else m["type"] for m in qmeta.values())
 print(dict(kinds))
 for name, m in list(qmeta.items())[:12]:
@@ -70,7 +70,7 @@ for name, m in list(qmeta.items())[:12]:
 # before any adaptation).
 
 # %%
-e, t, r = meta["final_ema"], meta["int6_roundtrip"], exported["int6_roundtrip"]
+e, t, r = meta["final_ema"], meta["int6_roundtrip"], exported.get("roundtrip", exported.get("int6_roundtrip"))
 print(f"before export:                        val_bpb {e['bpb']:.4f}")
 print(f"training's export (the run's settings): val_bpb {t['bpb']:.4f}  ({t['bpb'] - e['bpb']:+.4f})  "
       f"{meta['size']['model_bytes']:,} bytes")

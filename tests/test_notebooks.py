@@ -118,7 +118,8 @@ def test_notebook_03_requantizes_a_run_with_other_settings_and_shows_the_change(
     # the tiny model's tensors are all under the run's 65,536-value passthrough: quantize them by lowering it
     assert exported["settings"] == {"bits": 5, "clip_quantile": 0.99, "passthrough_max_numel": 1024}
     assert exported["size"]["model_bytes"] < meta["size"]["model_bytes"]  # int5 / int8 instead of fp16
-    assert exported["int6_roundtrip"]["bpb"] != meta["int6_roundtrip"]["bpb"]
+    assert exported["roundtrip"]["bpb"] != meta["int6_roundtrip"]["bpb"] and "int6_roundtrip" not in exported
+    assert exported["bits"] == 5 and exported["artifact"] == "final_model.int5.ptz"  # a name that says its bits
     text = out.read_text()
     assert "this export" in text and "training's export (the run's settings)" in text
 
