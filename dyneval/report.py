@@ -608,8 +608,15 @@ def plot_eval_budget(ax, rows: list[dict], hardware: dict, seeds: int) -> str:
         ax.axvline(CHALLENGE_EVAL_SECONDS, color="tab:red", ls=":", lw=1.2, gid="challenge_cap",
                    label=f"the challenge's cap: {CHALLENGE_EVAL_SECONDS} s on {CHALLENGE_GPUS} GPUs")
     ax.axhline(0, color="k", lw=0.6)
+    from matplotlib.ticker import LogLocator, NullFormatter
+
     ax.set_xscale("log")  # seconds span orders of magnitude (a non-overlapping pass to a TTT)
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
     ax.xaxis.set_major_formatter("{x:g}")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    seconds = [r["eval_seconds_mean"] for r in rows] + ([CHALLENGE_EVAL_SECONDS] if hardware["cap"] else [])
+    if seconds:  # room on the right for the labels of the slowest variants
+        ax.set_xlim(min(seconds) / 1.3, max(seconds) * 2.5)
     ax.set_xlabel(hardware["label"] + ", each variant alone (log scale)")
     ax.set_ylabel(f"Δ bpb vs sliding (mean ± std, {seeds} seed(s))")
     ax.set_title("What each second of evaluation buys")
