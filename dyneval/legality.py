@@ -27,6 +27,7 @@ scores and the comparison proves nothing) and that some window lies wholly befor
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import sys
@@ -37,9 +38,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import data, files
-from .config import EvalConfig
+from . import data, distributed as dist_utils, files
+from .adapt import Quirks
+from .config import EvalConfig, RunConfig
 from .evaluate import EvalResult
+from .model import configure_backends
+from .variants import DEFAULT_ORDER, VARIANTS, Variant, default_ranks, evaluation_inputs, job_for
 
 FIRST_ORDINARY_ID = 4  # the tokenizers' control pieces: pad 0 / bos 1 / eos 2 / unk 3 (data.BOS_ID)
 REPLACEMENT_SEED = 0
@@ -219,15 +223,15 @@ def check_variant(name: str, marked_legal: bool, reason: str, run: Callable[[tor
 # ----------------------------------------------------------------------------------------------
 # Variants from a user's file
 
-def load_plugin(path: str | Path) -> list:
+def load_plugin(path: str | Path) -> list[Variant]:
     """The `Variant` records a user's Python file lists in a module-level `VARIANTS` (same record as
     the registry: `dyneval.variants.Variant`, whose `run(job)` returns (EvalResult, settings))."""
-    from .variants import VARIANTS, Variant
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--plugin {path}: no such file")
     spec = importlib.util.spec_from_file_location(f"dyneval_plugin_{path.stem}", path)
+    if spec is None or path.suffix != ".py":
+        raise ValueError(f"--plugin {path}: not a Python file (.py)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses and pickling look a module up by name
     spec.loader.exec_module(module)
@@ -241,11 +245,9 @@ def load_plugin(path: str | Path) -> list:
     return entries
 
 
-def select_variants(text: str | None, plugins: list) -> list:
+def select_variants(text: str | None, plugins: list[Variant]) -> list[Variant]:
     """`--variants`: registry names, plugin names and `all` (the registry's and every plugin's variants).
     Without `--variants`: the plugins' variants when a plugin is given, else `all`."""
-    from .variants import DEFAULT_ORDER, VARIANTS
-
     extra = {v.name: v for v in plugins}
     known = {**VARIANTS, **extra}
     if text is None:
@@ -263,20 +265,13 @@ def select_variants(text: str | None, plugins: list) -> list:
 # ----------------------------------------------------------------------------------------------
 # On an artifact
 
-def check_checkpoint(cfg, artifact: Path, variants: list, prefixes: list[int] | None = None, quirks=None,
-                     virtual_ranks: int | None = None, device: str | None = None, qat_flag_set: bool = True,
-                     out_json: str | Path | None = None, log=print) -> dict:
+def check_checkpoint(cfg: RunConfig, artifact: Path, variants: list[Variant], prefixes: list[int] | None = None,
+                     quirks: Quirks | None = None, virtual_ranks: int | None = None, device: str | None = None,
+                     qat_flag_set: bool = True, out_json: str | Path | None = None, log=print) -> dict:
     """Run the prefix check for `variants` (Variant records) on an artifact, under the settings the
     evaluate stage would use (the run's quirks for its own variants, the profile's ranks). Returns the
     report: the prefixes, the replacement, and one verdict per variant; `out_json` gets it rewritten
     atomically after every variant (nothing checked is lost when a later variant fails)."""
-    import dataclasses
-
-    from . import distributed as dist_utils
-    from .adapt import Quirks
-    from .model import configure_backends
-    from .variants import default_ranks, evaluation_inputs, job_for
-
     quirks = quirks or Quirks()
     if not qat_flag_set:
         quirks = dataclasses.replace(quirks, qat_on=False)

@@ -566,7 +566,7 @@ def eval_hardware(runs: dict) -> dict:
         f"No {CHALLENGE_EVAL_SECONDS} s cap line: "
         + (f"{'/'.join(map(str, virtual))} ranks emulated on {'/'.join(map(str, worlds))} real GPU(s) run one after "
            f"another, so these are not {CHALLENGE_GPUS}-GPU seconds." if virtual else
-           f"seconds on {'/'.join(map(str, worlds))} process(es), not {CHALLENGE_GPUS} real GPUs."))
+           f"seconds on {'/'.join(map(str, worlds))} GPU(s), not {CHALLENGE_GPUS} real GPUs."))
     return {"label": label, "cap": cap, "why_no_cap": why}
 
 
