@@ -1,4 +1,4 @@
-"""Command line: `python -m dyneval {data,train,export,evaluate,parity,reproduce,report,bench,config}`.
+"""Command line: `python -m dyneval {data,train,export,evaluate,legality,parity,reproduce,report,bench,config}`.
 
 The only module that parses arguments: each command is a thin function over library calls, and
 every command that takes a config resolves it through `config.resolve` (profile or file or run
@@ -70,6 +70,23 @@ def config_args(q, run_dir: bool = False) -> None:
     q.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
 
 
+def add_legality_command(sub) -> None:
+    lg = sub.add_parser("legality", help="the prefix-invariance check of any variant, yours included (--plugin)")
+    config_args(lg, run_dir=True)
+    lg.add_argument("--artifact", help="an int6 artifact (.ptz) checked with the --profile/--config model")
+    lg.add_argument("--data", help="dataset folder (same as --set train.data_path=...)")
+    lg.add_argument("--tokenizer", help="tokenizer (same as --set train.tokenizer_path=...)")
+    lg.add_argument("--variants", help="comma-separated registry and plugin names, or `all` "
+                                       "(default: the plugins' variants when --plugin is given, else all)")
+    lg.add_argument("--plugin", action="append", metavar="FILE",
+                    help="a Python file whose VARIANTS lists dyneval.variants.Variant records (repeatable)")
+    lg.add_argument("--prefix", action="append", type=positive_int, metavar="P",
+                    help="check with tokens after P replaced (repeatable; default: three, off every chunk boundary)")
+    lg.add_argument("--quirks", help="the run's quirks for its own variants, e.g. qat_on=0,bf16_tables=0,rank_local=0")
+    lg.add_argument("--virtual-ranks", type=positive_int, help="emulate K ranks (default: the profile's eval.ranks)")
+    lg.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m dyneval", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks of bad-input errors too")
@@ -100,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--virtual-ranks", type=positive_int, help="emulate K ranks (default: the profile's eval.ranks)")
     ev.add_argument("--fresh", action="store_true", help="start the results folder over instead of adding to it")
     ev.add_argument("--out", required=True, help="results folder")
+
+    add_legality_command(sub)
 
     pa = sub.add_parser("parity", help="recompute a reference fixture's expected.json")
     pa.add_argument("fixture", nargs="?", help="fixture directory (settings.json, expected.json, trained.pt, ...); "
@@ -254,6 +273,37 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_legality(args) -> int:
+    from . import distributed, legality
+    from .variants import parse_quirks
+
+    if not (args.run_dir or args.artifact):
+        raise ValueError("legality needs --run-dir RUN (a training run folder) or --artifact FILE")
+    if args.run_dir and args.artifact:
+        raise ValueError("give either --run-dir or --artifact, not both")
+    args.set = (args.set or []) + [f"train.data_path={args.data}"] * bool(args.data) \
+        + [f"train.tokenizer_path={args.tokenizer}"] * bool(args.tokenizer)
+    cfg = resolved(args).config
+    artifact = Path(args.run_dir) / "final_model.int6.ptz" if args.run_dir else Path(args.artifact)
+    plugins = [v for f in args.plugin or [] for v in legality.load_plugin(f)]
+    variants = legality.select_variants(args.variants, plugins)
+    qat_flag_set = True
+    if args.run_dir:
+        qat_flag_set = json.loads((Path(args.run_dir) / "meta.json").read_text()).get("qat_enabled_at_end", True)
+    try:
+        report = legality.check_checkpoint(cfg, artifact, variants, args.prefix, parse_quirks(args.quirks or ""),
+                                           args.virtual_ranks, args.device, qat_flag_set, args.json,
+                                           log=lambda m: print(m, flush=True))
+        if distributed.rank() == 0:
+            failed = [n for n, v in report["variants"].items() if not v["ok"]]
+            print(f"legality: {'PASS' if not failed else 'FAIL'}: " + (
+                "every variant marked legal is prefix-invariant" if not failed else
+                f"marked legal but not shown prefix-invariant: {', '.join(failed)}"))
+    finally:
+        distributed.teardown()
+    return 0 if report["ok"] else 1
+
+
 def cmd_parity(args) -> int:
     from . import parity
 
@@ -318,11 +368,11 @@ def cmd_config(args) -> int:
 
 COMMANDS = {"data": cmd_data, "train": cmd_train, "export": cmd_export, "evaluate": cmd_evaluate,
             "parity": cmd_parity, "reproduce": cmd_reproduce, "report": cmd_report, "bench": cmd_bench,
-            "config": cmd_config}
+            "config": cmd_config, "legality": cmd_legality}
 
 
 # Commands that compute with torch in this process: their OpenMP wait policy follows the machine's load.
-TORCH_COMMANDS = ("train", "export", "evaluate", "parity", "bench")
+TORCH_COMMANDS = ("train", "export", "evaluate", "parity", "bench", "legality")
 
 
 def main(argv=None) -> int:

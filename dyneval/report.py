@@ -733,6 +733,119 @@ def figure_training(runs: dict, out: Path) -> list[Path]:
     return _save(fig, out, "training_curves")
 
 
+CHALLENGE_EVAL_SECONDS = 600  # the challenge caps evaluation at 10 minutes ...
+CHALLENGE_GPUS = 8  # ... on 8×H100
+
+
+def eval_hardware(runs: dict) -> dict:
+    """Where the evaluation seconds of the finished seeds were measured, from their results.json.
+
+    Per variant each entry records the device (`backends.device`: "cpu" or the GPU's name), the real
+    processes (`world_size`), the ranks emulated on them (`settings.virtual_ranks`) and the CPU threads.
+    The challenge's 600 s cap applies to seconds measured on 8 real GPUs only: emulated ranks run one
+    after another on fewer GPUs, and CPU seconds measure another machine altogether. Returns the axis
+    label, whether to draw the cap, and the sentence saying why when it is not drawn.
+    """
+    seen = set()
+    for run in ok_runs(runs).values():
+        for r in run["results"].values():
+            if "seconds" not in r:
+                continue
+            dev = r.get("backends", {}).get("device") or r.get("device")
+            virtual = r.get("settings", {}).get("virtual_ranks", 0) if r.get("rank_local") else 0
+            seen.add((dev, r.get("world_size"), virtual or 0, r.get("cpu_threads")))
+    if not seen or any(d is None or w is None for d, w, _, _ in seen):
+        return {"label": "evaluation seconds (hardware not recorded)", "cap": False,
+                "why_no_cap": "No 600 s cap line: the results do not record the hardware their seconds come from."}
+    devices = sorted({d for d, _, _, _ in seen})
+    worlds = sorted({w for _, w, _, _ in seen})
+    virtual = sorted({v for _, _, v, _ in seen if v})
+    if devices == ["cpu"]:
+        threads = sorted({t for *_, t in seen if t})
+        label = (f"evaluation seconds on the CPU ({'/'.join(map(str, threads)) or '?'} threads, "
+                 f"{'/'.join(map(str, worlds))} process{'es' if worlds != [1] else ''})")
+        return {"label": label, "cap": False,
+                "why_no_cap": f"No {CHALLENGE_EVAL_SECONDS} s cap line: these are CPU seconds; the challenge's cap is "
+                              f"{CHALLENGE_EVAL_SECONDS} s on {CHALLENGE_GPUS}×H100."}
+    label = f"evaluation seconds on {' / '.join(f'{w}× {d}' for w in worlds for d in devices)}"
+    if virtual:
+        label += f", {'/'.join(map(str, virtual))} ranks emulated"
+    cap = worlds == [CHALLENGE_GPUS] and not virtual and "cpu" not in devices
+    why = "" if cap else (
+        f"No {CHALLENGE_EVAL_SECONDS} s cap line: "
+        + (f"{'/'.join(map(str, virtual))} ranks emulated on {'/'.join(map(str, worlds))} real GPU(s) run one after "
+           f"another, so these are not {CHALLENGE_GPUS}-GPU seconds." if virtual else
+           f"seconds on {'/'.join(map(str, worlds))} GPU(s), not {CHALLENGE_GPUS} real GPUs."))
+    return {"label": label, "cap": cap, "why_no_cap": why}
+
+
+def legal_front(rows: list[dict]) -> list[dict]:
+    """The legal variants no other legal variant beats on both axes (fewer seconds and lower Δ bpb),
+    in order of seconds: the best Δ each evaluation budget buys."""
+    legal = sorted((r for r in rows if r["legal"] and math.isfinite(r["eval_seconds_mean"])),
+                   key=lambda r: (r["eval_seconds_mean"], r["delta_bpb_mean"]))
+    front, best = [], math.inf
+    for r in legal:
+        if r["delta_bpb_mean"] < best:
+            front.append(r)
+            best = r["delta_bpb_mean"]
+    return front
+
+
+def plot_eval_budget(ax, rows: list[dict], hardware: dict, seeds: int) -> str:
+    """Every variant's Δ bpb vs sliding (mean ± std over seeds) against its evaluation seconds on `ax`:
+    legal variants as circles, not-legal ones as red crosses, the legal Pareto front as a step line,
+    and the challenge's 600 s cap (gid `challenge_cap`) only when `hardware` says the seconds are 8
+    real GPUs' (`eval_hardware`). Returns the note the figure carries (why it has no cap line)."""
+    for i, r in enumerate(sorted(rows, key=lambda r: r["eval_seconds_mean"])):
+        legal = r["legal"]
+        ax.errorbar(r["eval_seconds_mean"], r["delta_bpb_mean"], yerr=r["delta_bpb_std"], fmt="o" if legal else "X",
+                    ms=5 if legal else 7, capsize=2, lw=0.8, color=_color(r["variant"]) if legal else "tab:red",
+                    mfc="white" if not legal else None)
+        ax.annotate(r["variant"] + ("" if legal else " (not legal)"), (r["eval_seconds_mean"], r["delta_bpb_mean"]),
+                    xytext=(4, 3 if i % 2 else -9), textcoords="offset points", fontsize=6.5, color="0.15" if legal else "tab:red")
+    front = legal_front(rows)
+    if front:
+        xs = [r["eval_seconds_mean"] for r in front]
+        ys = [r["delta_bpb_mean"] for r in front]
+        right = max([r["eval_seconds_mean"] for r in rows] + ([CHALLENGE_EVAL_SECONDS] if hardware["cap"] else []))
+        ax.step(xs + [right * 1.05], ys + ys[-1:], where="post", color="k", lw=1.0, alpha=0.6,
+                label="legal Pareto front")
+    ax.plot([], [], "o", color="0.4", label="legal")
+    ax.plot([], [], "X", color="tab:red", mfc="white", label="not legal (trains on unscored tokens)")
+    if hardware["cap"]:
+        ax.axvline(CHALLENGE_EVAL_SECONDS, color="tab:red", ls=":", lw=1.2, gid="challenge_cap",
+                   label=f"the challenge's cap: {CHALLENGE_EVAL_SECONDS} s on {CHALLENGE_GPUS} GPUs")
+    ax.axhline(0, color="k", lw=0.6)
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    ax.set_xscale("log")  # seconds span orders of magnitude (a non-overlapping pass to a TTT)
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter("{x:g}")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    seconds = [r["eval_seconds_mean"] for r in rows] + ([CHALLENGE_EVAL_SECONDS] if hardware["cap"] else [])
+    if seconds:  # room on the right for the labels of the slowest variants
+        ax.set_xlim(min(seconds) / 1.3, max(seconds) * 2.5)
+    ax.set_xlabel(hardware["label"] + ", each variant alone (log scale)")
+    ax.set_ylabel(f"Δ bpb vs sliding (mean ± std, {seeds} seed(s))")
+    ax.set_title("What each second of evaluation buys")
+    ax.legend(fontsize=7, loc="best")
+    note = hardware["why_no_cap"]
+    if note:
+        ax.text(0.01, -0.2, note, transform=ax.transAxes, fontsize=7, color="0.3", va="top")
+    return note
+
+
+def figure_eval_budget(runs: dict, out: Path) -> list[Path]:
+    """`eval_budget.png/.svg`: the eval-time frontier of the aggregated table (`plot_eval_budget`)."""
+    plt = _plt()
+    rows = [r for r in aggregate(runs) if math.isfinite(r["eval_seconds_mean"])]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    plot_eval_budget(ax, rows, eval_hardware(runs), len(ok_runs(runs)))
+    fig.tight_layout()
+    return _save(fig, out, "eval_budget")
+
+
 def build_report(runs_dir: str | Path, out_dir: str | Path) -> dict:
     """Write ablation tables and every figure for the seeds under `runs_dir` into `out_dir`."""
     runs = load_runs(runs_dir)
@@ -748,7 +861,7 @@ def build_report(runs_dir: str | Path, out_dir: str | Path) -> dict:
         files.write_text(out / name, text)
     figures = []
     if ok_runs(runs):
-        for f in (figure_cumulative, figure_chunk_delta, figure_documents, figure_training):
+        for f in (figure_cumulative, figure_chunk_delta, figure_documents, figure_training, figure_eval_budget):
             figures += f(runs, out)
     return {"seeds": list(runs), "failed": [s for s, r in runs.items() if "failed" in r], "rows": agg,
             "figures": [str(p) for p in figures], "tables": [str(out / n) for n in

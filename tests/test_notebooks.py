@@ -74,7 +74,7 @@ def test_smoke_reproduction_through_papermill_survives_a_failed_seed_and_reports
     for line in rows:
         bpb = float(line.split(",")[2])
         assert math.isfinite(bpb) and 0 < bpb < 20
-    for name in ("cumulative_bpb", "delta_per_chunk", "per_document_gain", "training_curves"):
+    for name in ("cumulative_bpb", "delta_per_chunk", "per_document_gain", "training_curves", "eval_budget"):
         for ext in ("png", "svg"):
             assert (figs / f"{name}.{ext}").stat().st_size > 5000
     svg = (figs / "cumulative_bpb.svg").read_text()
