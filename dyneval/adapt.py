@@ -91,7 +91,7 @@ def dynamic_hook(dyn: DynamicSettings, autocast: bool, name: str):
 
 
 def adapt_dynamic(model: GPT, tokens, lut, scoring: Scoring, dyn: DynamicSettings, ranks: Ranks = SINGLE, *,
-                  autocast: bool = False, compile: bool = False, name: str = "dynamic") -> EvalResult:
+                  autocast: bool = False, compile=False, name: str = "dynamic") -> EvalResult:
     """The run's dynamic eval: sliding windows scored in train mode, SGD on one window every few batches.
 
     Scored tokens and contexts are exactly those of `evaluate_sliding`. Each rank (or virtual rank)
@@ -103,8 +103,8 @@ def adapt_dynamic(model: GPT, tokens, lut, scoring: Scoring, dyn: DynamicSetting
     to 4 batches earlier and on 1/128 of the scored windows, which is why its gain is small.
     The model runs in train mode, so late-QAT fake quantization applies when its switch is on (the
     run's quirk: its class-wide flag stayed on after training).
-    `compile` (CUDA): the scoring forward and the step run through torch.compile -- the run scored
-    uncompiled; the math is the same, only the kernels are fused.
+    `compile` (True, or a `graphs.Region` that counts its graphs): the scoring forward and the step run
+    through torch.compile -- the run scored uncompiled; the math is the same, only the kernels are fused.
     """
     t0 = time.perf_counter()
     windows = sliding_windows(tokens.numel() - 1, scoring.seq_len, scoring.stride)
@@ -335,7 +335,7 @@ def tail_windows(lo: int, hi: int, seq_len: int) -> Windows:
 
 def adapt_dynamic_tail(model: GPT, tokens, lut, scoring: Scoring, tail: TailSettings | KrauseSettings,
                        ranks: Ranks = SINGLE, *, rms_stats: dict | None = None, eps: float = 1e-5,
-                       autocast: bool = False, compile: bool = False, name: str = "dynamic_tail") -> EvalResult:
+                       autocast: bool = False, compile=False, name: str = "dynamic_tail") -> EvalResult:
     """Improved dynamic eval (legal): after every batch, one step on exactly the targets it just scored.
 
     Scoring is `evaluate_sliding`'s (eval mode: no fake quantization). Batch b scores a contiguous

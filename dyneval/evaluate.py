@@ -163,8 +163,11 @@ def finish(name: str, parts: list[dict], seconds: float) -> EvalResult:
     return EvalResult(name, nats, toks, nbytes, dist_utils.max_over_ranks(seconds), stream)
 
 
-def compiled(model, enabled: bool):
-    """The scoring forward: `torch.compile(model)` sharing its parameters when enabled (CUDA), else the model."""
+def compiled(model, enabled):
+    """The scoring forward, sharing the model's parameters: through `enabled` when it is a compiled
+    region (`graphs.Region`, which counts its graphs), `torch.compile(model)` when it is True, else the model."""
+    if hasattr(enabled, "forward"):
+        return enabled.forward(model)
     return torch.compile(model, dynamic=False) if enabled else model
 
 

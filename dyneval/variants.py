@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import adapt, cpu, data, distributed as dist_utils, files, quant
+from . import adapt, cpu, data, distributed as dist_utils, files, graphs, quant
 from .adapt import Quirks
 from .config import RunConfig
 from .distributed import Ranks
@@ -76,6 +76,15 @@ class Job:
     backends: dict  # configure_backends' record: expand_kv etc.
     data_path: str
     cache: dict = field(default_factory=dict)  # shared across the variants of one evaluate call
+    regions: graphs.Regions | None = None  # this variant's compiled functions (made by `region`), counted apart
+
+    def region(self, name: str, enabled: bool):
+        """The compiled function `name` of this variant when `enabled`, else False (run eagerly)."""
+        if not enabled:
+            return False
+        if self.regions is None:
+            self.regions = graphs.Regions(self.cfg.eval.compile_backend)
+        return self.regions.get(name)
 
     @property
     def cuda(self) -> bool:
@@ -83,12 +92,12 @@ class Job:
 
     @property
     def compile(self) -> bool:
-        return self.cuda and self.cfg.eval.compile
+        return graphs.should_compile(self.cfg.eval.compile, self.checkpoint.device)
 
     @property
     def compile_dynamic(self) -> bool:
         """The run's dynamic eval ran eagerly (its uncompiled train-mode forward): faithful unless asked."""
-        return self.cuda and self.cfg.eval.compile_dynamic
+        return graphs.should_compile(self.cfg.eval.compile_dynamic, self.checkpoint.device)
 
     def model(self, qat: bool | None = None) -> GPT:
         """Fresh weights from the artifact, with this variant's dtype policy and numerics switches."""
@@ -102,14 +111,14 @@ class Job:
 def run_nonoverlap(job: Job) -> tuple[EvalResult, dict]:
     e, m = job.cfg.eval, job.model()
     res = evaluate_nonoverlap(m, job.tokens, job.lut, e.eval_seq_len, e.eval_batch_seqs, job.ranks.real(),
-                              autocast=job.cuda, forward=compiled(m, job.compile))
+                              autocast=job.cuda, forward=compiled(m, job.region("forward", job.compile)))
     return res, {}
 
 
 def run_sliding(job: Job) -> tuple[EvalResult, dict]:
     m = job.model()
     res = evaluate_sliding(m, job.tokens, job.lut, job.cfg.eval.scoring, job.ranks.real(), autocast=job.cuda,
-                           forward=compiled(m, job.compile))
+                           forward=compiled(m, job.region("forward", job.compile)))
     return res, {}
 
 
@@ -139,23 +148,24 @@ def after_pre_eval_ttt(score: Callable[[Job, GPT], EvalResult]):
 
 def _sliding_after_ttt(job: Job, m: GPT) -> EvalResult:
     return evaluate_sliding(m, job.tokens, job.lut, job.cfg.eval.scoring, job.ranks.real(), autocast=job.cuda,
-                            forward=compiled(m, job.compile))
+                            forward=compiled(m, job.region("forward", job.compile)))
 
 
 def _nonoverlap_after_ttt(job: Job, m: GPT) -> EvalResult:
     e = job.cfg.eval  # the run compiled this pass (its eval_val), unlike its dynamic eval
     return evaluate_nonoverlap(m, job.tokens, job.lut, e.eval_seq_len, e.eval_batch_seqs, job.ranks.real(),
-                               autocast=job.cuda, forward=compiled(m, job.compile))
+                               autocast=job.cuda, forward=compiled(m, job.region("forward", job.compile)))
 
 
 def _dynamic_after_ttt(job: Job, m: GPT) -> EvalResult:
     return adapt.adapt_dynamic(m, job.tokens, job.lut, job.cfg.eval.scoring, job.cfg.eval.dynamic, job.ranks,
-                               autocast=job.cuda, compile=job.compile_dynamic, name="pre_eval_ttt+dynamic")
+                               autocast=job.cuda, compile=job.region("dynamic", job.compile_dynamic),
+                               name="pre_eval_ttt+dynamic")
 
 
 def run_dynamic(job: Job) -> tuple[EvalResult, dict]:
     res = adapt.adapt_dynamic(job.model(), job.tokens, job.lut, job.cfg.eval.scoring, job.cfg.eval.dynamic,
-                              job.ranks, autocast=job.cuda, compile=job.compile_dynamic)
+                              job.ranks, autocast=job.cuda, compile=job.region("dynamic", job.compile_dynamic))
     return res, {"dynamic": asdict(job.cfg.eval.dynamic)}
 
 
@@ -179,7 +189,7 @@ def tail(subset: str | None = None, name: str = "dynamic_tail"):
         if subset:
             settings = dataclasses.replace(settings, subset=subset)
         res = adapt.adapt_dynamic_tail(job.model(), job.tokens, job.lut, job.cfg.eval.scoring, settings, job.ranks,
-                                       autocast=job.cuda, compile=job.compile, name=name)
+                                       autocast=job.cuda, compile=job.region("tail", job.compile), name=name)
         return res, {"tail": asdict(settings)}
     return run
 
@@ -192,7 +202,8 @@ def run_krause(job: Job) -> tuple[EvalResult, dict]:
     stats = adapt.gradient_rms(job.model(qat=False), batches, job.cuda)
     stats_s = time.perf_counter() - t0
     res = adapt.adapt_dynamic_tail(job.model(), job.tokens, job.lut, job.cfg.eval.scoring, k, job.ranks,
-                                   rms_stats=stats, autocast=job.cuda, compile=job.compile, name="dynamic_krause")
+                                   rms_stats=stats, autocast=job.cuda, compile=job.region("tail", job.compile),
+                                   name="dynamic_krause")
     res.seconds += stats_s
     return res, {"krause": asdict(k)}
 
@@ -308,6 +319,14 @@ def _dtypes(m: GPT) -> dict:
     return {k: str(params[n].dtype).replace("torch.", "") for k, n in pick.items() if n in params}
 
 
+def compile_record(job: Job, res: EvalResult) -> dict:
+    """Graphs per compiled function of the variant, and its compile seconds apart from its scoring seconds
+    (`seconds` includes both: the calls that compiled are timed whole, so the split is an upper bound)."""
+    regions = job.regions.record() if job.regions else {}
+    compile_s = job.regions.compile_seconds if job.regions else 0.0
+    return {"graphs": regions, "compile_seconds": compile_s, "scoring_seconds": res.seconds - compile_s}
+
+
 def evaluation_inputs(cfg: RunConfig, artifact: Path,
                       device: torch.device) -> tuple[data.ByteLUT, torch.Tensor, Checkpoint]:
     """What every variant of one call scores with: the byte LUT, the validation stream, the artifact.
@@ -375,6 +394,8 @@ def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: lis
     for name in variants:
         v = VARIANTS[name]
         job = job_for(v, cfg, ck, tokens, lut, quirks, ranks, backends, cache)
+        if (job.compile or job.compile_dynamic) and not graphs.isolates_recompiles():
+            torch._dynamo.reset()  # torch < 2.13: one cache per code object, so each variant starts it empty
         try:
             res, settings = v.run(job)
         except adapt.DivergedError as err:
@@ -391,7 +412,7 @@ def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: lis
                          "backends": backends, "cpu_threads": torch.get_num_threads(),
                          "openmp": dict(cpu.decision) or None, "artifact": str(artifact), "artifact_sha256": ck.sha256,
                          "eval_config": asdict(e), "model_config": asdict(cfg.model), "world_size": ctx.world_size,
-                         "device": str(ctx.device)}
+                         "device": str(ctx.device), **compile_record(job, res)}
         if ctx.is_main:
             res.save_stream(out / f"{name}.npz")
             files.write_json(results_path, results)

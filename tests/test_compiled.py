@@ -78,3 +78,43 @@ def test_the_profiles_compile_on_cuda_only_and_any_device_when_asked(tiny_cfg):
         tiny_cfg.with_overrides(["eval.compile=yes"])
     with pytest.raises(ValueError, match="compile_backend='triton'"):
         tiny_cfg.with_overrides(["eval.compile_backend=triton"])
+
+
+# Graphs per compiled function of each variant, `evaluate --variants all` in one process in the fast mode
+# (every compiled path on). Windows: 64, 5 per batch, so the last batch (4) is ragged: one more graph per
+# function that scores. Faithful mode (`eval.compile_dynamic=0`) compiles the same regions minus `dynamic`
+# (each variant's regions are its own, so they do not depend on which other variants ran).
+GRAPH_BUDGET = {
+    "nonoverlap": {"forward": 2},  # 16 sequences of 128: 3 full batches and 1 of 1
+    "sliding": {"forward": 2},
+    "pre_eval_ttt": {"forward": 2},
+    "pre_eval_ttt+nonoverlap": {"forward": 2},
+    "pre_eval_ttt+dynamic": {"dynamic": 3},  # train-mode scoring (full, last batch) and the step's (1, L) with grad
+    "dynamic": {"dynamic": 3},
+    "score_first_ttt": {},  # not compiled (the merged records' TTT ran eagerly)
+    "score_first_ttt+dynamic": {},
+    "dynamic_tail": {"tail": 4},  # eval-mode scoring (full, last batch) and the step's tail windows with grad
+    "dynamic_tail_mlp": {"tail": 4},
+    "dynamic_krause": {"tail": 4},
+}
+
+
+def test_every_variant_compiled_in_one_process_stays_in_its_graph_budget_and_scores_bitwise_as_eager(
+        eager_qat_run, tmp_path):
+    from conftest import run_cli
+    common = ["evaluate", "--run-dir", eager_qat_run, "--variants", "all", "--device", "cpu",
+              "--set", "eval.eval_batch_seqs=5"]
+    r = run_cli(*common, "--out", tmp_path / "eager")
+    assert r.returncode == 0, r.stderr[-3000:]
+    fast = ["--set", "eval.compile=1", "--set", "eval.compile_dynamic=1", "--set", "eval.compile_backend=aot_eager"]
+    c = run_cli(*common, *fast, "--out", tmp_path / "compiled")
+    assert c.returncode == 0, c.stderr[-3000:]
+    assert "recompile_limit" not in c.stderr + c.stdout, c.stderr[-3000:]
+    eager = json.loads((tmp_path / "eager" / "results.json").read_text())
+    comp = json.loads((tmp_path / "compiled" / "results.json").read_text())
+    assert {n: {k: v["graphs"] for k, v in comp[n]["graphs"].items()} for n in comp} == GRAPH_BUDGET
+    for name in GRAPH_BUDGET:
+        assert comp[name]["nats"] == eager[name]["nats"] and comp[name]["bytes"] == eager[name]["bytes"], name
+        compiled_any = bool(GRAPH_BUDGET[name])
+        assert (comp[name]["compile_seconds"] > 0) == compiled_any, name
+        assert comp[name]["scoring_seconds"] == pytest.approx(comp[name]["seconds"] - comp[name]["compile_seconds"])
