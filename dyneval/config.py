@@ -125,6 +125,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # save the full training state every N steps (0: only on interruption)
     compile: Switch = "auto"  # torch.compile the model and Newton-Schulz: auto (CUDA only, as the run), 1 (any device), 0
     compile_backend: str = "inductor"  # backend of every torch.compile call of training (aot_eager: no codegen, for CPU tests)
+    gpu_dtypes: Switch = "auto"  # the GPU dtype policy (bf16 tables and linears, bf16 autocast): auto (CUDA), 1 (any device), 0
     cudnn_attention: bool = False  # the run disables PyTorch's cuDNN attention; on Hopper it is faster for these shapes
     grad_accum_total: int = 8  # micro-steps per step at world size 1; the run's 8 // world size
     max_val_tokens: int = 0  # cap validation tokens (0: all) -- for the CPU preset only
@@ -227,6 +228,7 @@ class EvalConfig:
     compile: Switch = "auto"  # compile the scoring forward: auto (CUDA only, as the run), 1 (any device), 0
     compile_dynamic: Switch = "0"  # compile the run's dynamic eval too (the run scored it eagerly; bf16 rounding differs)
     compile_backend: str = "inductor"  # backend of every torch.compile call of evaluation (aot_eager: no codegen)
+    gpu_dtypes: Switch = "auto"  # the GPU dtype policy (bf16 tables and linears, bf16 autocast): auto (CUDA), 1 (any device), 0
     ranks: int = 8  # ranks the run's rank-local adaptation is reproduced with (fewer processes: virtual ranks)
 
     def __post_init__(self):
@@ -381,6 +383,13 @@ def _switch(value, name: str) -> str:
         raise ValueError(f"config field {name}: {value!r} is not a compile setting: use auto (CUDA only), "
                          f"1 (any device) or 0")
     return text
+
+
+def switch_on(setting: str, device) -> bool:
+    """A `Switch` on `device`: `auto` on CUDA only (the profiles' default, as the run), `1` on any device, `0` never."""
+    if setting not in ("auto", "1", "0"):
+        raise ValueError(f"setting {setting!r}: expected auto, 1 or 0")
+    return setting == "1" or (setting == "auto" and getattr(device, "type", str(device).split(":")[0]) == "cuda")
 
 
 def _check_backend(obj, *names):

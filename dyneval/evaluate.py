@@ -131,7 +131,7 @@ def window_batch(tokens: torch.Tensor, w: Windows, device) -> tuple[torch.Tensor
 
 def score_batch(model, x, y, mask, lut: ByteLUT, autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-window scored nats and bytes (float64, (B,)). Gradients follow the caller's grad mode."""
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
         nll = model(x, y, reduction="none")  # (B, L) float32; `model` may be a compiled wrapper
     nats = (nll.double() * mask).sum(dim=1)
     nbytes = (lut.target_bytes(x, y) * mask).sum(dim=1)

@@ -23,15 +23,14 @@ import time
 import torch
 import torch._guards
 
-SETTINGS = ("auto", "1", "0")
+from .config import switch_on
+
 BACKENDS = ("inductor", "aot_eager", "eager")  # inductor is the run's; aot_eager: dynamo and AOT autograd, no codegen
 
 
 def should_compile(setting: str, device: torch.device) -> bool:
     """`auto`: on CUDA only (the profiles' default, as the run); `1`: on any device; `0`: never."""
-    if setting not in SETTINGS:
-        raise ValueError(f"compile setting {setting!r}: expected one of {', '.join(SETTINGS)}")
-    return setting == "1" or (setting == "auto" and torch.device(device).type == "cuda")
+    return switch_on(setting, torch.device(device))
 
 
 def isolates_recompiles() -> bool:

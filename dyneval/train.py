@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from . import cpu, data, distributed as dist_utils, files, graphs, quant
-from .config import RunConfig
+from .config import RunConfig, switch_on
 from .distributed import Context, Ranks
 from .evaluate import evaluate_nonoverlap, require_finite
 from .model import GPT, apply_dtype_policy, configure_backends, load_weights, set_numerics
@@ -83,7 +83,7 @@ def save_atomic(obj, path: Path) -> None:
 def build_model(cfg: RunConfig, device: torch.device) -> GPT:
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model).to(device)
-    if device.type == "cuda":
+    if switch_on(cfg.train.gpu_dtypes, device):  # CUDA, or any device when asked (the bf16 paths in CI)
         apply_dtype_policy(model)
     return model
 
@@ -98,7 +98,7 @@ def accumulate(model, next_batch, grad_accum: int, world_size: int, autocast: bo
         if world_size > 1:
             model.require_backward_grad_sync = micro == grad_accum - 1
         x, y = next_batch()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = model(x, y)
         (loss / grad_accum).backward()
         total = loss.detach() if total is None else total + loss.detach()
@@ -228,7 +228,8 @@ class Trainer:
 
     @property
     def autocast(self) -> bool:
-        return self.ctx.device.type == "cuda"
+        """bf16 autocast: the GPU dtype policy's, on CUDA or wherever `train.gpu_dtypes=1` asks for it."""
+        return switch_on(self.cfg.train.gpu_dtypes, self.ctx.device)
 
 
 def setup(cfg: RunConfig, out_dir: str | Path, device: str | None) -> tuple[Trainer, TrainState]:
@@ -338,7 +339,7 @@ def prime_compiled(tr: Trainer, st: TrainState, phase: str) -> None:
     before = tr.total_graphs()
     tc = tr.cfg.train
     x = torch.zeros(tr.local_tokens // tc.train_seq_len, tc.train_seq_len, dtype=torch.long, device=tr.ctx.device)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=tr.autocast):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=tr.autocast):
         tr.model(x, x.clone()).backward()  # two tensors, as a step's: dynamo guards on inputs aliasing
     st.opts.zero_grad()
     tr.count_graphs(phase, before)

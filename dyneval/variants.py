@@ -24,7 +24,7 @@ import torch
 
 from . import adapt, cpu, data, distributed as dist_utils, files, graphs, quant
 from .adapt import Quirks
-from .config import RunConfig
+from .config import RunConfig, switch_on
 from .distributed import Ranks
 from .evaluate import EvalResult, compiled, evaluate_nonoverlap, evaluate_sliding, require_finite
 from .model import GPT, apply_dtype_policy, configure_backends, load_weights, set_numerics
@@ -56,9 +56,14 @@ class Checkpoint:
         ck.cfg, ck.artifact, ck.device, ck.state, ck.sha256 = cfg, Path("<in memory>"), device, state, ""
         return ck
 
+    @property
+    def gpu_dtypes(self) -> bool:
+        """The GPU dtype policy applies: on CUDA, or on any device with `eval.gpu_dtypes=1`."""
+        return switch_on(self.cfg.eval.gpu_dtypes, self.device)
+
     def model(self, bf16_tables: bool = True) -> GPT:
         m = GPT(self.cfg.model, init_weights=False).to(self.device)  # every weight is loaded next
-        if self.device.type == "cuda":
+        if self.gpu_dtypes:
             apply_dtype_policy(m, bf16_tables=bf16_tables)
         return load_weights(m, self.state, str(self.artifact))
 
@@ -87,8 +92,9 @@ class Job:
         return self.regions.get(name)
 
     @property
-    def cuda(self) -> bool:
-        return self.checkpoint.device.type == "cuda"
+    def autocast(self) -> bool:
+        """bf16 autocast with the GPU dtype policy: on CUDA, or wherever `eval.gpu_dtypes=1` asks for it."""
+        return self.checkpoint.gpu_dtypes
 
     @property
     def compile(self) -> bool:
@@ -111,13 +117,13 @@ class Job:
 def run_nonoverlap(job: Job) -> tuple[EvalResult, dict]:
     e, m = job.cfg.eval, job.model()
     res = evaluate_nonoverlap(m, job.tokens, job.lut, e.eval_seq_len, e.eval_batch_seqs, job.ranks.real(),
-                              autocast=job.cuda, forward=compiled(m, job.region("forward", job.compile)))
+                              autocast=job.autocast, forward=compiled(m, job.region("forward", job.compile)))
     return res, {}
 
 
 def run_sliding(job: Job) -> tuple[EvalResult, dict]:
     m = job.model()
-    res = evaluate_sliding(m, job.tokens, job.lut, job.cfg.eval.scoring, job.ranks.real(), autocast=job.cuda,
+    res = evaluate_sliding(m, job.tokens, job.lut, job.cfg.eval.scoring, job.ranks.real(), autocast=job.autocast,
                            forward=compiled(m, job.region("forward", job.compile)))
     return res, {}
 
@@ -130,7 +136,7 @@ def pre_eval_ttt_model(job: Job) -> tuple[GPT, float]:
     if key not in job.cache:
         m = job.model()
         seconds = adapt.pre_eval_ttt(m, job.tokens, job.cfg.eval.eval_seq_len, job.cfg.eval.ttt, job.ranks,
-                                     autocast=job.cuda)
+                                     autocast=job.autocast)
         job.cache[key] = (m, seconds)
     m, seconds = job.cache[key]
     return copy.deepcopy(m), seconds
@@ -147,25 +153,25 @@ def after_pre_eval_ttt(score: Callable[[Job, GPT], EvalResult]):
 
 
 def _sliding_after_ttt(job: Job, m: GPT) -> EvalResult:
-    return evaluate_sliding(m, job.tokens, job.lut, job.cfg.eval.scoring, job.ranks.real(), autocast=job.cuda,
+    return evaluate_sliding(m, job.tokens, job.lut, job.cfg.eval.scoring, job.ranks.real(), autocast=job.autocast,
                             forward=compiled(m, job.region("forward", job.compile)))
 
 
 def _nonoverlap_after_ttt(job: Job, m: GPT) -> EvalResult:
     e = job.cfg.eval  # the run compiled this pass (its eval_val), unlike its dynamic eval
     return evaluate_nonoverlap(m, job.tokens, job.lut, e.eval_seq_len, e.eval_batch_seqs, job.ranks.real(),
-                               autocast=job.cuda, forward=compiled(m, job.region("forward", job.compile)))
+                               autocast=job.autocast, forward=compiled(m, job.region("forward", job.compile)))
 
 
 def _dynamic_after_ttt(job: Job, m: GPT) -> EvalResult:
     return adapt.adapt_dynamic(m, job.tokens, job.lut, job.cfg.eval.scoring, job.cfg.eval.dynamic, job.ranks,
-                               autocast=job.cuda, compile=job.region("dynamic", job.compile_dynamic),
+                               autocast=job.autocast, compile=job.region("dynamic", job.compile_dynamic),
                                name="pre_eval_ttt+dynamic")
 
 
 def run_dynamic(job: Job) -> tuple[EvalResult, dict]:
     res = adapt.adapt_dynamic(job.model(), job.tokens, job.lut, job.cfg.eval.scoring, job.cfg.eval.dynamic,
-                              job.ranks, autocast=job.cuda, compile=job.region("dynamic", job.compile_dynamic))
+                              job.ranks, autocast=job.autocast, compile=job.region("dynamic", job.compile_dynamic))
     return res, {"dynamic": asdict(job.cfg.eval.dynamic)}
 
 
@@ -174,7 +180,7 @@ def score_first(with_dynamic: bool):
         e = job.cfg.eval
         name = "score_first_ttt+dynamic" if with_dynamic else "score_first_ttt"
         res = adapt.score_first_ttt(job.model(), job.tokens, job.lut, e.scoring, e.score_first, job.ranks,
-                                    dynamic=e.dynamic if with_dynamic else None, autocast=job.cuda, name=name)
+                                    dynamic=e.dynamic if with_dynamic else None, autocast=job.autocast, name=name)
         settings = {"score_first_ttt": asdict(e.score_first)}
         if with_dynamic:
             settings["dynamic"] = asdict(e.dynamic)
@@ -189,7 +195,7 @@ def tail(subset: str | None = None, name: str = "dynamic_tail"):
         if subset:
             settings = dataclasses.replace(settings, subset=subset)
         res = adapt.adapt_dynamic_tail(job.model(), job.tokens, job.lut, job.cfg.eval.scoring, settings, job.ranks,
-                                       autocast=job.cuda, compile=job.region("tail", job.compile), name=name)
+                                       autocast=job.autocast, compile=job.region("tail", job.compile), name=name)
         return res, {"tail": asdict(settings)}
     return run
 
@@ -199,10 +205,10 @@ def run_krause(job: Job) -> tuple[EvalResult, dict]:
     k = job.cfg.eval.krause
     t0 = time.perf_counter()
     batches = train_batches(job.cfg, job.data_path, k.batches, job.checkpoint.device)
-    stats = adapt.gradient_rms(job.model(qat=False), batches, job.cuda)
+    stats = adapt.gradient_rms(job.model(qat=False), batches, job.autocast)
     stats_s = time.perf_counter() - t0
     res = adapt.adapt_dynamic_tail(job.model(), job.tokens, job.lut, job.cfg.eval.scoring, k, job.ranks,
-                                   rms_stats=stats, autocast=job.cuda, compile=job.region("tail", job.compile),
+                                   rms_stats=stats, autocast=job.autocast, compile=job.region("tail", job.compile),
                                    name="dynamic_krause")
     res.seconds += stats_s
     return res, {"krause": asdict(k)}
