@@ -392,9 +392,14 @@ def switch_on(setting: str, device) -> bool:
     return setting == "1" or (setting == "auto" and getattr(device, "type", str(device).split(":")[0]) == "cuda")
 
 
+# torch.compile backends a stage may use: inductor is the run's; aot_eager runs dynamo and AOT autograd
+# without code generation (the CPU tests' choice); eager captures graphs and runs them as they are.
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
+
+
 def _check_backend(obj, *names):
     for n in names:
-        if getattr(obj, n) not in ("inductor", "aot_eager", "eager"):
+        if getattr(obj, n) not in COMPILE_BACKENDS:
             raise ValueError(f"{n}={getattr(obj, n)!r}: choose inductor (the run's), aot_eager or eager")
 
 

@@ -8,8 +8,8 @@ Why regions. Dynamo caches compiled code per *code object* (`GPT.forward`), so e
 the model in one process shares one cache and one recompile limit (8): evaluating every variant in
 one process hit it (the QAT flag, grad mode, `requires_grad` of frozen parameters and the last
 batch's size each add a graph) and every later variant then ran eagerly, silently. A region is one
-`torch.compile` call with `isolate_recompiles=True` (torch >= 2.13; older torch: the caller resets
-dynamo between variants), over a function that takes the model as an argument, so one region serves
+`torch.compile` call with `isolate_recompiles=True` (torch 2.13 has it; a torch without it: the caller
+resets dynamo between variants), over a function that takes the model as an argument, so one region serves
 every copy of the weights of a variant (virtual ranks) with the same graphs. Each graph the backend
 is handed is counted; the seconds of every call that compiled are counted apart from the others
 (they include that call's own run: an upper bound on compile time, kept out of the scoring time).
@@ -24,8 +24,6 @@ import torch
 import torch._guards
 
 from .config import switch_on
-
-BACKENDS = ("inductor", "aot_eager", "eager")  # inductor is the run's; aot_eager: dynamo and AOT autograd, no codegen
 
 
 def should_compile(setting: str, device: torch.device) -> bool:

@@ -8,7 +8,6 @@ recompile limit (into silent eager) or into more compiles fails here."""
 
 import hashlib
 import json
-import logging
 
 import pytest
 

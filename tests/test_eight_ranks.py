@@ -4,7 +4,6 @@ kept minimal: 8 processes share the CI machine's cores)."""
 import json
 
 import numpy as np
-import pytest
 
 from conftest import TINY_OVERRIDES, run_cli, torchrun
 from test_adapt import RANK_LOCAL, fixture_config
@@ -70,7 +69,8 @@ def test_eight_real_processes_evaluate_every_rank_local_variant_as_eight_virtual
     assert windows == 43 and windows % 8
     print("8 real vs 8 virtual, worst relative nats difference per variant:",
           _compare_streams(tmp_path / "virtual", tmp_path / "real", RANK_LOCAL))
-    print("2 real x 4 virtual vs 8 virtual:", _compare_streams(tmp_path / "virtual", tmp_path / "two_by_four", RANK_LOCAL))
+    print("2 real x 4 virtual vs 8 virtual:",
+          _compare_streams(tmp_path / "virtual", tmp_path / "two_by_four", RANK_LOCAL))
     res = {d: json.loads((tmp_path / d / "results.json").read_text()) for d in ("virtual", "real", "two_by_four")}
     for name in RANK_LOCAL:
         assert res["real"][name]["settings"]["ranks"] == res["two_by_four"][name]["settings"]["ranks"] == 8, name
