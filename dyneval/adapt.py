@@ -66,7 +66,7 @@ def dynamic_step(fwd, opt, x, y, b: int, adapt_every: int, autocast: bool, name:
     mean CE of the batch's first window as padded. `fwd` runs in train mode (fake quant if on)."""
     if b % adapt_every:
         return
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
         loss = fwd(x[:1], y[:1])
     check_finite(loss, name, b)
     opt.zero_grad(set_to_none=True)
@@ -91,7 +91,7 @@ def dynamic_hook(dyn: DynamicSettings, autocast: bool, name: str):
 
 
 def adapt_dynamic(model: GPT, tokens, lut, scoring: Scoring, dyn: DynamicSettings, ranks: Ranks = SINGLE, *,
-                  autocast: bool = False, compile: bool = False, name: str = "dynamic") -> EvalResult:
+                  autocast: bool = False, compile=False, name: str = "dynamic") -> EvalResult:
     """The run's dynamic eval: sliding windows scored in train mode, SGD on one window every few batches.
 
     Scored tokens and contexts are exactly those of `evaluate_sliding`. Each rank (or virtual rank)
@@ -103,8 +103,8 @@ def adapt_dynamic(model: GPT, tokens, lut, scoring: Scoring, dyn: DynamicSetting
     to 4 batches earlier and on 1/128 of the scored windows, which is why its gain is small.
     The model runs in train mode, so late-QAT fake quantization applies when its switch is on (the
     run's quirk: its class-wide flag stayed on after training).
-    `compile` (CUDA): the scoring forward and the step run through torch.compile -- the run scored
-    uncompiled; the math is the same, only the kernels are fused.
+    `compile` (True, or a `graphs.Region` that counts its graphs): the scoring forward and the step run
+    through torch.compile -- the run scored uncompiled; the math is the same, only the kernels are fused.
     """
     t0 = time.perf_counter()
     windows = sliding_windows(tokens.numel() - 1, scoring.seq_len, scoring.stride)
@@ -156,7 +156,7 @@ def _lockstep_sgd_epochs(pairs: list[tuple[GPT, Windows]], tokens: torch.Tensor,
                 if not len(w):
                     continue  # a shorter slice contributes zeros to the average, as an idle rank does
                 x, y, _ = window_batch(tokens, w, device)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
                     loss = m(x, y)
                 check_finite(loss, name, epoch * steps + i)
                 loss.backward()
@@ -313,7 +313,7 @@ def gradient_rms(model: GPT, batches, autocast: bool = False) -> dict[str, torch
     count = 0
     for x, y in batches:
         model.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = model(x, y)
         loss.backward()
         for n, p in model.named_parameters():
@@ -335,7 +335,7 @@ def tail_windows(lo: int, hi: int, seq_len: int) -> Windows:
 
 def adapt_dynamic_tail(model: GPT, tokens, lut, scoring: Scoring, tail: TailSettings | KrauseSettings,
                        ranks: Ranks = SINGLE, *, rms_stats: dict | None = None, eps: float = 1e-5,
-                       autocast: bool = False, compile: bool = False, name: str = "dynamic_tail") -> EvalResult:
+                       autocast: bool = False, compile=False, name: str = "dynamic_tail") -> EvalResult:
     """Improved dynamic eval (legal): after every batch, one step on exactly the targets it just scored.
 
     Scoring is `evaluate_sliding`'s (eval mode: no fake quantization). Batch b scores a contiguous
@@ -387,7 +387,7 @@ def adapt_dynamic_tail(model: GPT, tokens, lut, scoring: Scoring, tail: TailSett
             w = spans[b]
             lo, hi = int((w.starts + w.score_from).min()), int((w.starts + w.lengths).max())
             tx, ty, mask = window_batch(tokens, tail_windows(lo, hi, seq_len), x.device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            with torch.autocast(tx.device.type, dtype=torch.bfloat16, enabled=autocast):
                 nll = fwd(tx, ty, reduction="none")
             loss = (nll * mask).sum() / mask.sum().clamp_min(1)
             check_finite(loss, name, b)

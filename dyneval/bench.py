@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from . import distributed as dist_utils, quant
+from . import distributed as dist_utils, graphs, quant
 from .adapt import Quirks
 from .data import ByteLUT
 from .distributed import Ranks
 from .evaluate import sliding_windows
 from .model import configure_backends, set_numerics
-from .optim import build_optimizers
+from .optim import build_optimizers, zeropower_via_newtonschulz5
 from .train import accumulate, build_model
 from .variants import VARIANTS, Checkpoint, job_for, parse_variants
 
@@ -42,8 +42,10 @@ def bench_train(cfg, steps: int, device: str | None) -> dict:
     cuda = ctx.device.type == "cuda"
     backends = configure_backends(cfg, ctx.device)
     base = set_numerics(build_model(cfg, ctx.device), expand_kv=backends["expand_kv"])
-    opts = build_optimizers(base, cfg.optim, cfg.model.tie_embeddings, compile_ns=cuda and tc.compile)
-    model = torch.compile(base, dynamic=False, fullgraph=True) if (cuda and tc.compile) else base
+    compiling = graphs.should_compile(tc.compile, ctx.device)
+    ns = torch.compile(zeropower_via_newtonschulz5, backend=tc.compile_backend) if compiling else False
+    opts = build_optimizers(base, cfg.optim, cfg.model.tie_embeddings, compile_ns=ns)
+    model = torch.compile(base, dynamic=False, fullgraph=True, backend=tc.compile_backend) if compiling else base
     if ctx.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[ctx.local_rank] if cuda else None)  # no buffers to sync (as train.py)
@@ -128,7 +130,7 @@ def bench_eval(cfg, variants: list[str], num_windows: int, device: str | None, l
 # same registry entries.
 
 # the fast mode: cuDNN attention with K/V expanded, and the run's dynamic eval compiled
-FAST_OVERRIDES = ("train.cudnn_attention=1", "eval.compile_dynamic=1")
+FAST_OVERRIDES = ("train.cudnn_attention=1", "eval.compile_dynamic=auto")
 
 
 def _ratio(fast: float, faithful: float) -> float:
@@ -156,7 +158,7 @@ def dynamic_compiled_vs_eager(run_dir: str | Path, device: str | None = None,
     out = {"run": str(run_dir), "tokens": tokens.numel()}
     v = VARIANTS["dynamic"]
     for name, comp in (("eager", False), ("compiled", True)):
-        c = cfg.with_overrides({"eval.compile_dynamic": comp})
+        c = cfg.with_overrides({"eval.compile_dynamic": "auto" if comp else "0"})  # compiled where the run's GPU would
         job = job_for(v, c, ck, tokens, lut, quirks, default_ranks(c, virtual_ranks), backends, {})
         r, settings = v.run(job)
         out[name] = {"bpb": r.bpb, "loss": r.loss, "seconds": r.seconds, "compiled": job.compile_dynamic,

@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+Switch = str  # a compile setting: "auto" (CUDA only), "1" (any device) or "0" (see `_switch`)
+
 # Names whose tensors are "control" tensors in the run: kept fp32, trained by the scalar AdamW,
 # passed through by the exporter (record script, CONTROL_TENSOR_NAME_PATTERNS).
 CONTROL_PATTERNS = ("attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix",
@@ -121,7 +123,9 @@ class TrainConfig:
     val_batch_size_tokens: int = 524_288  # tokens per validation batch, all ranks together
     train_log_every: int = 200  # log a train_loss line every N steps
     checkpoint_every: int = 0  # save the full training state every N steps (0: only on interruption)
-    compile: bool = True  # torch.compile the model on CUDA (ignored on the CPU)
+    compile: Switch = "auto"  # torch.compile the model and Newton-Schulz: auto (CUDA only, as the run), 1 (any device), 0
+    compile_backend: str = "inductor"  # backend of every torch.compile call of training (aot_eager: no codegen, for CPU tests)
+    gpu_dtypes: Switch = "auto"  # the GPU dtype policy (bf16 tables and linears, bf16 autocast): auto (CUDA), 1 (any device), 0
     cudnn_attention: bool = False  # the run disables PyTorch's cuDNN attention; on Hopper it is faster for these shapes
     grad_accum_total: int = 8  # micro-steps per step at world size 1; the run's 8 // world size
     max_val_tokens: int = 0  # cap validation tokens (0: all) -- for the CPU preset only
@@ -135,6 +139,7 @@ class TrainConfig:
                       "late_qat_threshold", "val_loss_every", "checkpoint_every", "max_val_tokens", "threads")
         if self.ema_decay >= 1:
             raise ValueError(f"ema_decay={self.ema_decay} must be < 1")
+        _check_backend(self, "compile_backend")
         if self.train_batch_tokens % (self.grad_accum_total * self.train_seq_len):
             raise ValueError(f"train_batch_tokens={self.train_batch_tokens} must be a multiple of "
                              f"grad_accum_total*train_seq_len={self.grad_accum_total * self.train_seq_len}")
@@ -220,8 +225,10 @@ class EvalConfig:
     krause_decay: float = 0.02  # Krause update: decay toward the trained weights per step
     krause_batches: int = 4  # training batches for the gradient RMS statistics
     max_val_tokens: int = 0  # cap validation tokens (0: all)
-    compile: bool = True  # compile the scoring forward on CUDA (ignored on the CPU)
-    compile_dynamic: bool = False  # compile the run's dynamic eval too (the run scored it eagerly; bf16 rounding differs)
+    compile: Switch = "auto"  # compile the scoring forward: auto (CUDA only, as the run), 1 (any device), 0
+    compile_dynamic: Switch = "0"  # compile the run's dynamic eval too (the run scored it eagerly; bf16 rounding differs)
+    compile_backend: str = "inductor"  # backend of every torch.compile call of evaluation (aot_eager: no codegen)
+    gpu_dtypes: Switch = "auto"  # the GPU dtype policy (bf16 tables and linears, bf16 autocast): auto (CUDA), 1 (any device), 0
     ranks: int = 8  # ranks the run's rank-local adaptation is reproduced with (fewer processes: virtual ranks)
 
     def __post_init__(self):
@@ -242,6 +249,7 @@ class EvalConfig:
                       "max_val_tokens")
         if self.eval_stride > self.eval_seq_len:
             raise ValueError(f"eval_stride={self.eval_stride} exceeds eval_seq_len={self.eval_seq_len}")
+        _check_backend(self, "compile_backend")
 
 
     @property
@@ -336,6 +344,8 @@ def _locate(key: str) -> tuple[str, str]:
 
 
 def _coerce(value, ftype, name: str):
+    if ftype == "Switch":
+        return _switch(value, name)
     ftype = {"int": int, "float": float, "bool": bool, "str": str}.get(ftype, ftype)
     if isinstance(value, str):
         text = value.strip()
@@ -361,6 +371,36 @@ def _coerce(value, ftype, name: str):
     if not isinstance(value, ftype) or (ftype is int and isinstance(value, bool)):
         raise ValueError(f"config field {name}: {value!r} is not a valid {ftype.__name__}")
     return value
+
+
+def _switch(value, name: str) -> str:
+    """A compile setting: `auto`, `1` or `0`. A JSON true/false (configs and meta.json written before the
+    setting had three values) keeps its old meaning: true compiled on CUDA only (`auto`), false never."""
+    if isinstance(value, bool):
+        return "auto" if value else "0"
+    text = str(value).strip().lower()
+    if text not in ("auto", "1", "0"):
+        raise ValueError(f"config field {name}: {value!r} is not a compile setting: use auto (CUDA only), "
+                         f"1 (any device) or 0")
+    return text
+
+
+def switch_on(setting: str, device) -> bool:
+    """A `Switch` on `device`: `auto` on CUDA only (the profiles' default, as the run), `1` on any device, `0` never."""
+    if setting not in ("auto", "1", "0"):
+        raise ValueError(f"setting {setting!r}: expected auto, 1 or 0")
+    return setting == "1" or (setting == "auto" and getattr(device, "type", str(device).split(":")[0]) == "cuda")
+
+
+# torch.compile backends a stage may use: inductor is the run's; aot_eager runs dynamo and AOT autograd
+# without code generation (the CPU tests' choice); eager captures graphs and runs them as they are.
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
+
+
+def _check_backend(obj, *names):
+    for n in names:
+        if getattr(obj, n) not in COMPILE_BACKENDS:
+            raise ValueError(f"{n}={getattr(obj, n)!r}: choose inductor (the run's), aot_eager or eager")
 
 
 def _build(cls, d: dict, section: str):
@@ -427,7 +467,7 @@ def _smoke() -> RunConfig:
                           tokenizer_path="data/tokenizers/embedded_1024_bpe.model",
                           iterations=150, train_batch_tokens=8192, train_seq_len=256, max_wallclock_seconds=0,
                           warmdown_iters=60, warmup_steps=2, ema_decay=0.9, val_loss_every=50, val_batch_size_tokens=8192,
-                          train_log_every=10, compile=False, grad_accum_total=2, max_val_tokens=32769,
+                          train_log_every=10, compile="0", grad_accum_total=2, max_val_tokens=32769,
                           checkpoint_every=50, threads=2),
         # The adaptation rates were swept on seed 42's smoke checkpoint (docs/LOG.md): an undertrained model
         # on a small in-domain stream takes far larger steps than the record's would.

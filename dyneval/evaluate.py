@@ -131,7 +131,7 @@ def window_batch(tokens: torch.Tensor, w: Windows, device) -> tuple[torch.Tensor
 
 def score_batch(model, x, y, mask, lut: ByteLUT, autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-window scored nats and bytes (float64, (B,)). Gradients follow the caller's grad mode."""
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
         nll = model(x, y, reduction="none")  # (B, L) float32; `model` may be a compiled wrapper
     nats = (nll.double() * mask).sum(dim=1)
     nbytes = (lut.target_bytes(x, y) * mask).sum(dim=1)
@@ -163,8 +163,11 @@ def finish(name: str, parts: list[dict], seconds: float) -> EvalResult:
     return EvalResult(name, nats, toks, nbytes, dist_utils.max_over_ranks(seconds), stream)
 
 
-def compiled(model, enabled: bool):
-    """The scoring forward: `torch.compile(model)` sharing its parameters when enabled (CUDA), else the model."""
+def compiled(model, enabled):
+    """The scoring forward, sharing the model's parameters: through `enabled` when it is a compiled
+    region (`graphs.Region`, which counts its graphs), `torch.compile(model)` when it is True, else the model."""
+    if hasattr(enabled, "forward"):
+        return enabled.forward(model)
     return torch.compile(model, dynamic=False) if enabled else model
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from . import distributed as dist_utils
 from .config import OptimConfig, is_control
 from .model import GPT
 
@@ -50,12 +51,17 @@ class Muon(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True,
-                 weight_decay: float = 0.0, compile_ns: bool = False):
+                 weight_decay: float = 0.0, compile_ns=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps,
                                       nesterov=nesterov, weight_decay=weight_decay))
         # The run compiles Newton-Schulz (CUDA): fused bf16 kernels, 2-3 ms less per step, and the
         # fused rounding is part of its numerics. Eager on the CPU, where the fixture was made.
-        self.orthogonalise = torch.compile(zeropower_via_newtonschulz5) if compile_ns else zeropower_via_newtonschulz5
+        # `compile_ns`: False, True (torch.compile, the default backend) or a compiled callable to use
+        # (a `graphs.Region`, which counts its graphs).
+        if callable(compile_ns):
+            self.orthogonalise = compile_ns
+        else:
+            self.orthogonalise = torch.compile(zeropower_via_newtonschulz5) if compile_ns else zeropower_via_newtonschulz5
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -97,6 +103,40 @@ class Muon(torch.optim.Optimizer):
                 p.add_(flat[offset: offset + p.numel()].view_as(p).to(p.dtype), alpha=-lr)
                 offset += p.numel()
 
+    def state_dict_all_ranks(self) -> dict:
+        """`state_dict()` with every rank's momentum buffers (collective: every rank calls it).
+
+        Each buffer lives only on the rank that owns its matrix, and the checkpoint is written by rank
+        0: without this, a resume restarts every other rank's matrices from zero momentum. Gathered to
+        rank 0 rather than one shard per rank: one file whatever the world size (a resume at another
+        world size takes its own share of it), and the buffers are the size of the Muon matrices (27 M
+        floats on the record model), gathered once per checkpoint."""
+        sd = self.state_dict()
+        if not (dist.is_available() and dist.is_initialized()):
+            return sd
+        world, rank = dist.get_world_size(), dist.get_rank()
+        params = [p for g in self.param_groups for p in g["params"]]
+        owner = [i % world for g in self.param_groups for i in range(len(g["params"]))]  # as `step` deals them
+        mine = [j for j, p in enumerate(params) if owner[j] == rank and "momentum_buffer" in self.state[p]]
+        held = sorted(j for part in dist_utils.all_gather_objects(mine) for j in part)
+        state = dict(sd["state"])
+        for j in held:  # state_dict() numbers parameters in group order, as `params` lists them
+            p = params[j]
+            buf = self.state[p]["momentum_buffer"] if owner[j] == rank else torch.empty_like(p)
+            dist.broadcast(buf, src=owner[j])
+            state[j] = {**state.get(j, {}), "momentum_buffer": buf}
+        return {**sd, "state": state}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a (gathered) state, then keep only the buffers of the matrices this rank owns at its world size."""
+        super().load_state_dict(state_dict)
+        distributed = dist.is_available() and dist.is_initialized()
+        world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+        for g in self.param_groups:
+            for i, p in enumerate(g["params"]):
+                if i % world != rank:
+                    self.state.pop(p, None)
+
 
 @dataclass
 class Optimizers:
@@ -129,7 +169,8 @@ class Optimizers:
             g["momentum"] = m
 
     def state_dict(self) -> list:
-        return [o.state_dict() for o in self.all]
+        """Every optimizer's state, Muon's gathered from every rank (collective under torchrun)."""
+        return [o.state_dict_all_ranks() if o is self.muon else o.state_dict() for o in self.all]
 
     def load_state_dict(self, states: list) -> None:
         for o, s in zip(self.all, states):
@@ -167,7 +208,7 @@ def split_parameters(model: GPT) -> dict[str, list[torch.nn.Parameter]]:
     return groups
 
 
-def build_optimizers(model: GPT, cfg: OptimConfig, tie_embeddings: bool, compile_ns: bool = False) -> Optimizers:
+def build_optimizers(model: GPT, cfg: OptimConfig, tie_embeddings: bool, compile_ns=False) -> Optimizers:
     groups = split_parameters(model)
     fused = next(model.parameters()).is_cuda  # fused AdamW on CUDA as the run; foreach on the CPU
     betas = (cfg.beta1, cfg.beta2)

@@ -326,6 +326,7 @@ def export(run_dir: str | Path, cfg, settings: QuantSettings = QuantSettings(), 
     from . import data, distributed as dist_utils
     from .distributed import Ranks
     from .evaluate import evaluate_nonoverlap, require_finite
+    from .config import switch_on
     from .model import GPT, apply_dtype_policy, configure_backends, load_weights
 
     run = Path(run_dir)
@@ -343,7 +344,8 @@ def export(run_dir: str | Path, cfg, settings: QuantSettings = QuantSettings(), 
         log(f"export: {artifact.name} written in {time.perf_counter() - t0:.1f} s")
     dist_utils.barrier()
     model = GPT(cfg.model, init_weights=False).to(ctx.device)  # the artifact's weights are loaded next
-    if ctx.device.type == "cuda":
+    policy = switch_on(cfg.train.gpu_dtypes, ctx.device)  # the training's dtype policy: CUDA, or when asked
+    if policy:
         apply_dtype_policy(model)
     load_weights(model, load_artifact(artifact, model.state_dict()), str(artifact))
     tc = cfg.train
@@ -353,7 +355,7 @@ def export(run_dir: str | Path, cfg, settings: QuantSettings = QuantSettings(), 
     batch_seqs = max(1, tc.val_batch_size_tokens // (ctx.world_size * tc.grad_accum_steps(ctx.world_size)
                                                      * tc.train_seq_len))
     rt = evaluate_nonoverlap(model, tokens.to(ctx.device), lut, tc.train_seq_len, batch_seqs, Ranks.current(),
-                             autocast=ctx.device.type == "cuda")
+                             autocast=policy)
     require_finite(str(artifact), rt)  # no NaN score with exit status 0
     size = size_report(artifact)
     out = {"settings": asdict(settings), "bits": settings.bits, "artifact": artifact.name,

@@ -19,17 +19,17 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from . import cpu, data, distributed as dist_utils, files, quant
-from .config import RunConfig
+from . import cpu, data, distributed as dist_utils, files, graphs, quant
+from .config import RunConfig, switch_on
 from .distributed import Context, Ranks
 from .evaluate import evaluate_nonoverlap, require_finite
 from .model import GPT, apply_dtype_policy, configure_backends, load_weights, set_numerics
-from .optim import Optimizers, build_optimizers, lr_scale, muon_momentum
+from .optim import Optimizers, build_optimizers, lr_scale, muon_momentum, zeropower_via_newtonschulz5
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -83,7 +83,7 @@ def save_atomic(obj, path: Path) -> None:
 def build_model(cfg: RunConfig, device: torch.device) -> GPT:
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model).to(device)
-    if device.type == "cuda":
+    if switch_on(cfg.train.gpu_dtypes, device):  # CUDA, or any device when asked (the bf16 paths in CI)
         apply_dtype_policy(model)
     return model
 
@@ -98,7 +98,7 @@ def accumulate(model, next_batch, grad_accum: int, world_size: int, autocast: bo
         if world_size > 1:
             model.require_backward_grad_sync = micro == grad_accum - 1
         x, y = next_batch()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = model(x, y)
         (loss / grad_accum).backward()
         total = loss.detach() if total is None else total + loss.detach()
@@ -123,6 +123,7 @@ class TrainState:
         self.qat_step: int | None = None  # the step before which late QAT's flag was set (None: not yet)
 
     def state_dict(self) -> dict:
+        """Collective under torchrun (every rank calls it): it gathers every rank's Muon buffers."""
         return {"model": self.model.state_dict(), "optimizers": self.opts.state_dict(),
                 "loader": self.loader.stream.state(), "ema": self.ema, "step": self.step, "train_ms": self.train_ms,
                 "history": self.history, "qat_step": self.qat_step}
@@ -215,10 +216,20 @@ class Trainer:
     val_batch_seqs: int
     backends: dict
     tokenizer_sha256: str  # checked against the data's manifest at setup; recorded in meta.json
+    regions: graphs.Regions  # the compiled functions (none when not compiling) and their graph counts
+    graph_counts: dict = field(default_factory=dict)  # graphs made per phase: warm-up, qat switch, timed steps
+
+    def count_graphs(self, phase: str, before: int) -> None:
+        """Add the graphs made since `before` (a `total_graphs()` reading) to `phase`."""
+        self.graph_counts[phase] = self.graph_counts.get(phase, 0) + self.total_graphs() - before
+
+    def total_graphs(self) -> int:
+        return sum(r.graphs for r in self.regions.by_name.values())
 
     @property
     def autocast(self) -> bool:
-        return self.ctx.device.type == "cuda"
+        """bf16 autocast: the GPU dtype policy's, on CUDA or wherever `train.gpu_dtypes=1` asks for it."""
+        return switch_on(self.cfg.train.gpu_dtypes, self.ctx.device)
 
 
 def setup(cfg: RunConfig, out_dir: str | Path, device: str | None) -> tuple[Trainer, TrainState]:
@@ -245,17 +256,19 @@ def setup(cfg: RunConfig, out_dir: str | Path, device: str | None) -> tuple[Trai
     val_tokens = data.load_validation_tokens(data.val_pattern(tc.data_path), tc.train_seq_len,
                                              tc.max_val_tokens, cfg.model.vocab_size).to(ctx.device)
     base = set_numerics(build_model(cfg, ctx.device), qat=False, expand_kv=backends["expand_kv"])
-    compiling = ctx.device.type == "cuda" and tc.compile
-    opts = build_optimizers(base, cfg.optim, cfg.model.tie_embeddings, compile_ns=compiling)
+    regions = graphs.Regions(tc.compile_backend)
+    compiling = graphs.should_compile(tc.compile, ctx.device)
+    ns = regions.get("newton_schulz", fn=zeropower_via_newtonschulz5, dynamic=None) if compiling else None
+    opts = build_optimizers(base, cfg.optim, cfg.model.tie_embeddings, compile_ns=ns)
     # fullgraph, as the run compiles: a graph break would be a silent slowdown and a numerics change
-    model = torch.compile(base, dynamic=False, fullgraph=True) if compiling else base
+    model = regions.get("train_step", fn=base, fullgraph=True).compiled if compiling else base
     if ctx.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
         # GPT has no buffers (tests/test_model.py), so DDP's buffer sync has nothing to do: no buffer argument
         model = DDP(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
     val_batch_seqs = max(1, tc.val_batch_size_tokens // (ctx.world_size * grad_accum * tc.train_seq_len))
     trainer = Trainer(cfg, ctx, out, log, model, lut, val_tokens, grad_accum, local_tokens, val_batch_seqs, backends,
-                      tokenizer_sha)
+                      tokenizer_sha, regions)
     return trainer, TrainState(base, opts, loader, tc.ema_decay)
 
 
@@ -274,10 +287,12 @@ def warm_up(tr: Trainer, st: TrainState) -> None:
     if tr.model is not st.model:  # compiled: the first step compiles, which takes minutes on a GPU
         tr.log(f"warmup: {tc.warmup_steps} steps; the first compiles the model (torch.compile, minutes) ...")
     t0 = time.perf_counter()
+    before = tr.total_graphs()
     for _ in range(tc.warmup_steps):
         st.opts.zero_grad()
         micro_steps(tr, st)
         st.opts.step()
+    tr.count_graphs("warmup", before)
     load_weights(st.model, init_model, "initial weights")
     st.opts.load_state_dict(init_opt)
     st.loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), tr.ctx.rank, tr.ctx.world_size,
@@ -315,11 +330,22 @@ def late_qat(tr: Trainer, st: TrainState, mul: float) -> None:
     tr.log(f"late_qat:enabled step:{st.step} (lr scale {mul:.4f}; {how})")
     if tc.qat_trains:
         set_numerics(st.model, qat=True)
-        if tr.model is not st.model:  # compiled: recompile now on a throwaway batch, not inside the clock
-            x = torch.zeros(1, tc.train_seq_len, dtype=torch.long, device=tr.ctx.device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=tr.autocast):
-                tr.model(x, x).backward()
-            st.opts.zero_grad()
+        prime_compiled(tr, st, "qat_switch")
+
+
+def prime_compiled(tr: Trainer, st: TrainState, phase: str) -> None:
+    """Compiled: make the graph the next steps need now, outside the clock, on a throwaway batch of the
+    real micro-batch shape (a (1, L) batch under `dynamic=False` compiles a graph no step uses, and the
+    first timed step then recompiles). Gradients are dropped; weights and optimizer states are untouched."""
+    if tr.model is st.model:
+        return
+    before = tr.total_graphs()
+    tc = tr.cfg.train
+    x = torch.zeros(tr.local_tokens // tc.train_seq_len, tc.train_seq_len, dtype=torch.long, device=tr.ctx.device)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=tr.autocast):
+        tr.model(x, x.clone()).backward()  # two tensors, as a step's: dynamo guards on inputs aliasing
+    st.opts.zero_grad()
+    tr.count_graphs(phase, before)
 
 
 def train_step(tr: Trainer, st: TrainState) -> None:
@@ -334,7 +360,9 @@ def train_step(tr: Trainer, st: TrainState) -> None:
     st.opts.set_lr_scale(mul)
     st.opts.set_muon_momentum(muon_momentum(tr.cfg.optim, st.step))
     st.opts.zero_grad()
+    before = tr.total_graphs()
     loss = micro_steps(tr, st)
+    tr.count_graphs("timed_steps", before)  # a graph made here lands inside the clock: 0 after the warm-up
     if tr.cfg.optim.grad_clip_norm:
         torch.nn.utils.clip_grad_norm_(st.model.parameters(), tr.cfg.optim.grad_clip_norm)
     st.opts.step()
@@ -359,8 +387,9 @@ def train_step(tr: Trainer, st: TrainState) -> None:
 
 def checkpoint(tr: Trainer, st: TrainState, reason: str) -> None:
     path = tr.out / CHECKPOINT
+    state = st.state_dict()  # every rank: Muon's momentum buffers are gathered from their owners
     if tr.ctx.is_main:
-        save_atomic({**st.state_dict(), "config": tr.cfg.to_dict()}, path)
+        save_atomic({**state, "config": tr.cfg.to_dict(), "world_size": tr.ctx.world_size}, path)
         tr.log(f"checkpoint: step {st.step} ({reason}) -> {path}")
     dist_utils.barrier()
 
@@ -389,10 +418,14 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, device: str
         tr.log(line)
     ckpt = tr.out / CHECKPOINT
     if resume and ckpt.is_file():
-        st.load_state_dict(read_checkpoint(ckpt, cfg, tr.ctx.device), str(ckpt))
+        state = read_checkpoint(ckpt, cfg, tr.ctx.device)
+        st.load_state_dict(state, str(ckpt))
         if st.qat_step is not None and tc.qat_trains:
             set_numerics(st.model, qat=True)
-        tr.log(f"resumed from {ckpt} at step {st.step}")
+        written = state.get("world_size", "unrecorded")  # checkpoints written before it was recorded
+        tr.log(f"resumed from {ckpt} at step {st.step} (written by world size {written}, now {tr.ctx.world_size})")
+        st.model.train()
+        prime_compiled(tr, st, "resume")  # no warm-up on a resume: compile before the clock restarts
     else:
         if resume:
             tr.log(f"no checkpoint at {ckpt}: starting fresh")
@@ -440,7 +473,8 @@ def finish(tr: Trainer, st: TrainState) -> dict:
             "qat_enabled_at_end": st.qat_step is not None, "qat_trained": bool(tr.cfg.train.qat_trains),
             "final_ema": ema_val.summary(), "int6_roundtrip": exported["int6_roundtrip"], "size": exported["size"],
             "export": {k: exported[k] for k in ("settings", "bits", "artifact", "artifact_sha256")}, "history": st.history,
-            "tokenizer_sha256": tr.tokenizer_sha256}  # checked at evaluation
+            "tokenizer_sha256": tr.tokenizer_sha256,  # checked at evaluation
+            "graphs": {"regions": tr.regions.record(), "by_phase": tr.graph_counts}}  # compiled functions
     if tr.ctx.is_main:
         files.write_json(tr.out / "meta.json", meta)
         (tr.out / CHECKPOINT).unlink(missing_ok=True)

@@ -23,9 +23,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import adapt, cpu, data, distributed as dist_utils, files, quant
+from . import adapt, cpu, data, distributed as dist_utils, files, graphs, quant
 from .adapt import Quirks
-from .config import RunConfig
+from .config import RunConfig, switch_on
 from .distributed import Ranks
 from .evaluate import EvalResult, compiled, evaluate_nonoverlap, evaluate_sliding, require_finite
 from .model import GPT, apply_dtype_policy, configure_backends, load_weights, set_numerics
@@ -59,9 +59,14 @@ class Checkpoint:
         ck.cfg, ck.artifact, ck.device, ck.state, ck.sha256, ck.bits = cfg, Path("<in memory>"), device, state, "", None
         return ck
 
+    @property
+    def gpu_dtypes(self) -> bool:
+        """The GPU dtype policy applies: on CUDA, or on any device with `eval.gpu_dtypes=1`."""
+        return switch_on(self.cfg.eval.gpu_dtypes, self.device)
+
     def model(self, bf16_tables: bool = True) -> GPT:
         m = GPT(self.cfg.model, init_weights=False).to(self.device)  # every weight is loaded next
-        if self.device.type == "cuda":
+        if self.gpu_dtypes:
             apply_dtype_policy(m, bf16_tables=bf16_tables)
         return load_weights(m, self.state, str(self.artifact))
 
@@ -79,19 +84,29 @@ class Job:
     backends: dict  # configure_backends' record: expand_kv etc.
     data_path: str
     cache: dict = field(default_factory=dict)  # shared across the variants of one evaluate call
+    regions: graphs.Regions | None = None  # this variant's compiled functions (made by `region`), counted apart
+
+    def region(self, name: str, enabled: bool):
+        """The compiled function `name` of this variant when `enabled`, else False (run eagerly)."""
+        if not enabled:
+            return False
+        if self.regions is None:
+            self.regions = graphs.Regions(self.cfg.eval.compile_backend)
+        return self.regions.get(name)
 
     @property
-    def cuda(self) -> bool:
-        return self.checkpoint.device.type == "cuda"
+    def autocast(self) -> bool:
+        """bf16 autocast with the GPU dtype policy: on CUDA, or wherever `eval.gpu_dtypes=1` asks for it."""
+        return self.checkpoint.gpu_dtypes
 
     @property
     def compile(self) -> bool:
-        return self.cuda and self.cfg.eval.compile
+        return graphs.should_compile(self.cfg.eval.compile, self.checkpoint.device)
 
     @property
     def compile_dynamic(self) -> bool:
         """The run's dynamic eval ran eagerly (its uncompiled train-mode forward): faithful unless asked."""
-        return self.cuda and self.cfg.eval.compile_dynamic
+        return graphs.should_compile(self.cfg.eval.compile_dynamic, self.checkpoint.device)
 
     def model(self, qat: bool | None = None) -> GPT:
         """Fresh weights from the artifact, with this variant's dtype policy and numerics switches."""
@@ -105,14 +120,14 @@ class Job:
 def run_nonoverlap(job: Job) -> tuple[EvalResult, dict]:
     e, m = job.cfg.eval, job.model()
     res = evaluate_nonoverlap(m, job.tokens, job.lut, e.eval_seq_len, e.eval_batch_seqs, job.ranks.real(),
-                              autocast=job.cuda, forward=compiled(m, job.compile))
+                              autocast=job.autocast, forward=compiled(m, job.region("forward", job.compile)))
     return res, {}
 
 
 def run_sliding(job: Job) -> tuple[EvalResult, dict]:
     m = job.model()
-    res = evaluate_sliding(m, job.tokens, job.lut, job.cfg.eval.scoring, job.ranks.real(), autocast=job.cuda,
-                           forward=compiled(m, job.compile))
+    res = evaluate_sliding(m, job.tokens, job.lut, job.cfg.eval.scoring, job.ranks.real(), autocast=job.autocast,
+                           forward=compiled(m, job.region("forward", job.compile)))
     return res, {}
 
 
@@ -124,7 +139,7 @@ def pre_eval_ttt_model(job: Job) -> tuple[GPT, float]:
     if key not in job.cache:
         m = job.model()
         seconds = adapt.pre_eval_ttt(m, job.tokens, job.cfg.eval.eval_seq_len, job.cfg.eval.ttt, job.ranks,
-                                     autocast=job.cuda)
+                                     autocast=job.autocast)
         job.cache[key] = (m, seconds)
     m, seconds = job.cache[key]
     return copy.deepcopy(m), seconds
@@ -141,24 +156,25 @@ def after_pre_eval_ttt(score: Callable[[Job, GPT], EvalResult]):
 
 
 def _sliding_after_ttt(job: Job, m: GPT) -> EvalResult:
-    return evaluate_sliding(m, job.tokens, job.lut, job.cfg.eval.scoring, job.ranks.real(), autocast=job.cuda,
-                            forward=compiled(m, job.compile))
+    return evaluate_sliding(m, job.tokens, job.lut, job.cfg.eval.scoring, job.ranks.real(), autocast=job.autocast,
+                            forward=compiled(m, job.region("forward", job.compile)))
 
 
 def _nonoverlap_after_ttt(job: Job, m: GPT) -> EvalResult:
     e = job.cfg.eval  # the run compiled this pass (its eval_val), unlike its dynamic eval
     return evaluate_nonoverlap(m, job.tokens, job.lut, e.eval_seq_len, e.eval_batch_seqs, job.ranks.real(),
-                               autocast=job.cuda, forward=compiled(m, job.compile))
+                               autocast=job.autocast, forward=compiled(m, job.region("forward", job.compile)))
 
 
 def _dynamic_after_ttt(job: Job, m: GPT) -> EvalResult:
     return adapt.adapt_dynamic(m, job.tokens, job.lut, job.cfg.eval.scoring, job.cfg.eval.dynamic, job.ranks,
-                               autocast=job.cuda, compile=job.compile_dynamic, name="pre_eval_ttt+dynamic")
+                               autocast=job.autocast, compile=job.region("dynamic", job.compile_dynamic),
+                               name="pre_eval_ttt+dynamic")
 
 
 def run_dynamic(job: Job) -> tuple[EvalResult, dict]:
     res = adapt.adapt_dynamic(job.model(), job.tokens, job.lut, job.cfg.eval.scoring, job.cfg.eval.dynamic,
-                              job.ranks, autocast=job.cuda, compile=job.compile_dynamic)
+                              job.ranks, autocast=job.autocast, compile=job.region("dynamic", job.compile_dynamic))
     return res, {"dynamic": asdict(job.cfg.eval.dynamic)}
 
 
@@ -167,7 +183,7 @@ def score_first(with_dynamic: bool):
         e = job.cfg.eval
         name = "score_first_ttt+dynamic" if with_dynamic else "score_first_ttt"
         res = adapt.score_first_ttt(job.model(), job.tokens, job.lut, e.scoring, e.score_first, job.ranks,
-                                    dynamic=e.dynamic if with_dynamic else None, autocast=job.cuda, name=name)
+                                    dynamic=e.dynamic if with_dynamic else None, autocast=job.autocast, name=name)
         settings = {"score_first_ttt": asdict(e.score_first)}
         if with_dynamic:
             settings["dynamic"] = asdict(e.dynamic)
@@ -182,7 +198,7 @@ def tail(subset: str | None = None, name: str = "dynamic_tail"):
         if subset:
             settings = dataclasses.replace(settings, subset=subset)
         res = adapt.adapt_dynamic_tail(job.model(), job.tokens, job.lut, job.cfg.eval.scoring, settings, job.ranks,
-                                       autocast=job.cuda, compile=job.compile, name=name)
+                                       autocast=job.autocast, compile=job.region("tail", job.compile), name=name)
         return res, {"tail": asdict(settings)}
     return run
 
@@ -192,10 +208,11 @@ def run_krause(job: Job) -> tuple[EvalResult, dict]:
     k = job.cfg.eval.krause
     t0 = time.perf_counter()
     batches = train_batches(job.cfg, job.data_path, k.batches, job.checkpoint.device)
-    stats = adapt.gradient_rms(job.model(qat=False), batches, job.cuda)
+    stats = adapt.gradient_rms(job.model(qat=False), batches, job.autocast)
     stats_s = time.perf_counter() - t0
     res = adapt.adapt_dynamic_tail(job.model(), job.tokens, job.lut, job.cfg.eval.scoring, k, job.ranks,
-                                   rms_stats=stats, autocast=job.cuda, compile=job.compile, name="dynamic_krause")
+                                   rms_stats=stats, autocast=job.autocast, compile=job.region("tail", job.compile),
+                                   name="dynamic_krause")
     res.seconds += stats_s
     return res, {"krause": asdict(k)}
 
@@ -311,6 +328,14 @@ def _dtypes(m: GPT) -> dict:
             "control": "blocks.0.attn_scale"}
     params = dict(m.named_parameters())
     return {k: str(params[n].dtype).replace("torch.", "") for k, n in pick.items() if n in params}
+
+
+def compile_record(job: Job, res: EvalResult) -> dict:
+    """Graphs per compiled function of the variant, and its compile seconds apart from its scoring seconds
+    (`seconds` includes both: the calls that compiled are timed whole, so the split is an upper bound)."""
+    regions = job.regions.record() if job.regions else {}
+    compile_s = job.regions.compile_seconds if job.regions else 0.0
+    return {"graphs": regions, "compile_seconds": compile_s, "scoring_seconds": res.seconds - compile_s}
 
 
 def evaluation_inputs(cfg: RunConfig, artifact: Path,
@@ -432,6 +457,8 @@ def _evaluate_checkpoint(cfg, artifact, out, variants, quirks, virtual_ranks, de
             raise KeyboardInterrupt
         v = VARIANTS[name]
         job = job_for(v, cfg, ck, tokens, lut, quirks, ranks, backends, cache)
+        if (job.compile or job.compile_dynamic) and not graphs.isolates_recompiles():
+            torch._dynamo.reset()  # torch < 2.13: one cache per code object, so each variant starts it empty
         try:
             with heartbeat(log if ctx.is_main else None, name):
                 res, settings = v.run(job)
@@ -450,7 +477,7 @@ def _evaluate_checkpoint(cfg, artifact, out, variants, quirks, virtual_ranks, de
                          "openmp": dict(cpu.decision) or None, "artifact": str(artifact), "artifact_sha256": ck.sha256,
                          "bits": ck.bits, **artifact_size,
                          "eval_config": asdict(e), "model_config": asdict(cfg.model), "world_size": ctx.world_size,
-                         "device": str(ctx.device)}
+                         "device": str(ctx.device), **compile_record(job, res)}
         if ctx.is_main:
             res.save_stream(out / f"{name}.npz")
             files.write_json(results_path, results)

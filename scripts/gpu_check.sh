@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# One prepared GPU run (issue 12), under 10 minutes of wall time on one H100, in three steps:
+# One prepared GPU run (issue 12), under 10 minutes of wall time on one H100, in these steps:
 #   1. the CUDA tests (tests/test_cuda.py: compiled forward and scoring, and a short training run whose
-#      artifact is written on the GPU, loaded back and scored);
+#      artifact is written on the GPU, loaded back and scored), then the GPU halves of the CPU tests of the
+#      compiled and multi-rank paths (tests/test_gpu_path.py: graph counts with inductor, 2-rank resume);
 #   2. `python -m dyneval reproduce --profile gpu_smoke --seeds 42` (notebooks 01-05 through papermill);
 #   3. `python -m dyneval bench compare`: faithful vs fast in one process on this card, as ratios, and the
 #      compiled-vs-eager dynamic-eval bpb on step 2's checkpoint.
 # Each step writes its results under $OUT as soon as it finishes, so a cut-off run still returns what it
-# did. At most 8 files come back from $OUT, so there are exactly these:
-#   summary.txt (card, torch, commit, each step's status and seconds), cuda_tests.log, reproduce.log,
+# did. At most 8 files come back from $OUT, so there are exactly these 8:
+#   summary.txt (card, torch, commit, each step's status and seconds), cuda_tests.log, gpu_path.log, reproduce.log,
 #   ablation.md, reproduce.tar.gz (executed notebooks, tables, figures, meta/results), bench.log, bench.json
 #
 # Usage, from the repo root:  OUT=results bash scripts/gpu_check.sh [--dry-run]
@@ -30,12 +31,14 @@ WORK=${WORK:-/tmp/gpu_check}  # data, runs and figures of step 2 (never the repo
 SITE=/tmp/site
 RUN="$WORK/runs/seed42"
 
-# name, budget in seconds, what it does, command: 30 + 130 + 300 + 120 = 580 s of the device's 600
+# name, budget in seconds, what it does, command: 30 + 100 + 80 + 290 + 90 = 590 s of the device's 600
+# (gpu_path's 80 s and the trimmed budgets are estimates, not yet measured on a GPU)
 STEPS=(
   "setup|30|install the wheels from .whl/ into $SITE|python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE .whl/*.whl"
-  "cuda_tests|130|the CUDA tests, end-to-end training included|python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py"
-  "reproduce|300|gpu_smoke, seed 42, notebooks 01-05 through papermill|python3 -m dyneval reproduce --profile gpu_smoke --seeds 42 --out $WORK/runs --figures $WORK/figures --data-root $WORK/data --timeout 280"
-  "bench|120|faithful vs fast in one process; compiled vs eager dynamic eval on the checkpoint|python3 -m dyneval bench compare --profile gpu_smoke --steps 10 --windows 1024 --checkpoint-run $RUN"
+  "cuda_tests|100|the CUDA tests, end-to-end training included|python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py"
+  "gpu_path|80|graph counts with inductor on CUDA; a 2-rank NCCL resume where 2 GPUs exist|python3 -m pytest -q -s -p no:cacheprovider tests/test_gpu_path.py"
+  "reproduce|290|gpu_smoke, seed 42, notebooks 01-05 through papermill|python3 -m dyneval reproduce --profile gpu_smoke --seeds 42 --out $WORK/runs --figures $WORK/figures --data-root $WORK/data --timeout 280"
+  "bench|90|faithful vs fast in one process; compiled vs eager dynamic eval on the checkpoint|python3 -m dyneval bench compare --profile gpu_smoke --steps 10 --windows 1024 --checkpoint-run $RUN"
 )
 
 if [ "$DRY" = 1 ]; then

@@ -22,7 +22,7 @@ def test_the_dry_run_prints_each_step_with_its_budget_within_ten_minutes_and_run
     out = _dry_run(tmp_path)
     budgets = {line.split()[0]: int(line.split()[1]) for line in out.splitlines() if line[:1].isalpha()
                and not line.startswith("total")}
-    assert list(budgets) == ["setup", "cuda_tests", "reproduce", "bench"]
+    assert list(budgets) == ["setup", "cuda_tests", "gpu_path", "reproduce", "bench"]
     assert sum(budgets.values()) <= 590 and f"total budget {sum(budgets.values())} s" in out
     assert not (tmp_path / "out").exists()  # nothing ran, nothing was written
 
@@ -60,10 +60,10 @@ def test_with_stand_in_commands_each_step_leaves_its_results_in_at_most_eight_fi
     r = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, cwd=REPO, timeout=60, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     files = sorted(p.name for p in out.rglob("*") if p.is_file())
-    assert files == sorted(["summary.txt", "cuda_tests.log", "reproduce.log", "ablation.md", "reproduce.tar.gz",
-                            "bench.log", "bench.json"]) and len(files) <= 8
+    assert files == sorted(["summary.txt", "cuda_tests.log", "gpu_path.log", "reproduce.log", "ablation.md",
+                            "reproduce.tar.gz", "bench.log", "bench.json"]) and len(files) <= 8
     summary = (out / "summary.txt").read_text()
-    for step in ("setup", "cuda_tests", "reproduce", "bench"):
+    for step in ("setup", "cuda_tests", "gpu_path", "reproduce", "bench"):
         assert f"{step}: exit 0" in summary
     assert json.loads((out / "bench.json").read_text()) == {"bench": "compare"}
     assert "--checkpoint-run " + str(work / "runs" / "seed42") in (out / "bench.log").read_text()
