@@ -121,7 +121,7 @@ def bench_eval(cfg, variants: list[str], num_windows: int, device: str | None, l
         results.append({**_header(ctx, backends), "bench": "eval", "variant": name, "windows": n_win,
                         "seconds": s, "windows_per_s": n_win / s, "seq_len": e.eval_seq_len,
                         "stride": e.eval_stride, "batch_seqs": e.eval_batch_seqs, "compiled": job.compile,
-                        "quirks": str(job.quirks), "bpb_random_tokens": r.bpb})
+                        "compiled_dynamic": job.compile_dynamic, "quirks": str(job.quirks), "bpb_random_tokens": r.bpb})
     return results
 
 
@@ -137,13 +137,15 @@ def _ratio(fast: float, faithful: float) -> float:
     return fast / faithful if faithful else float("nan")
 
 
-def dynamic_compiled_vs_eager(run_dir: str | Path, device: str | None = None,
-                              virtual_ranks: int | None = None) -> dict:
+def dynamic_compiled_vs_eager(run_dir: str | Path, device: str | None = None, virtual_ranks: int | None = None,
+                              where: str = "auto", backend: str | None = None) -> dict:
     """The run's dynamic eval on a training run's artifact, scored eagerly (as the run did) and compiled.
 
     Same checkpoint, same validation tokens, the registry's `dynamic` entry with the run's quirks; the
     bpb difference is what the faster compiled scoring changes in the number (bf16 kernels fuse
-    differently). The run's attention backend, whatever a fast bench before this one left set.
+    differently). The run's attention backend, whatever a fast bench before this one left set. The
+    compiled side compiles `where` says (`auto`: where the run's GPU would, so not on the CPU; `1`:
+    any device) with `backend` (default: the run's `eval.compile_backend`).
     """
     from .config import RunConfig
     from .variants import default_ranks, evaluation_inputs
@@ -158,7 +160,8 @@ def dynamic_compiled_vs_eager(run_dir: str | Path, device: str | None = None,
     out = {"run": str(run_dir), "tokens": tokens.numel()}
     v = VARIANTS["dynamic"]
     for name, comp in (("eager", False), ("compiled", True)):
-        c = cfg.with_overrides({"eval.compile_dynamic": "auto" if comp else "0"})  # compiled where the run's GPU would
+        c = cfg.with_overrides({"eval.compile_dynamic": where if comp else "0",
+                                "eval.compile_backend": backend or cfg.eval.compile_backend})
         job = job_for(v, c, ck, tokens, lut, quirks, default_ranks(c, virtual_ranks), backends, {})
         r, settings = v.run(job)
         out[name] = {"bpb": r.bpb, "loss": r.loss, "seconds": r.seconds, "compiled": job.compile_dynamic,
@@ -194,7 +197,9 @@ def bench_compare(cfg, steps: int, num_windows: int, device: str | None = None, 
         out[label] = {"faithful": a, "fast": b, "ratio_windows_per_s": _ratio(b["windows_per_s"], a["windows_per_s"])}
     if run_dir is not None:
         log("dynamic eval on the checkpoint: eager and compiled ...")
-        out["dynamic_compiled_vs_eager"] = dynamic_compiled_vs_eager(run_dir, device)
+        # compiled where the bench's eval.compile says (`--set eval.compile=1` on the CPU), with its backend
+        out["dynamic_compiled_vs_eager"] = dynamic_compiled_vs_eager(run_dir, device, where=cfg.eval.compile,
+                                                                     backend=cfg.eval.compile_backend)
     return out
 
 
