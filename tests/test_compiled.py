@@ -117,3 +117,11 @@ def test_every_variant_compiled_in_one_process_stays_in_its_graph_budget_and_sco
         compiled_any = bool(GRAPH_BUDGET[name])
         assert (comp[name]["compile_seconds"] > 0) == compiled_any, name
         assert comp[name]["scoring_seconds"] == pytest.approx(comp[name]["seconds"] - comp[name]["compile_seconds"])
+    # the faithful mode (the run scored its dynamic eval eagerly): the same budget without the dynamic regions
+    f = run_cli(*common, *fast, "--set", "eval.compile_dynamic=0", "--out", tmp_path / "faithful")
+    assert f.returncode == 0, f.stderr[-3000:]
+    assert "recompile_limit" not in f.stderr + f.stdout, f.stderr[-3000:]
+    faithful = json.loads((tmp_path / "faithful" / "results.json").read_text())
+    assert {n: {k: v["graphs"] for k, v in faithful[n]["graphs"].items()} for n in faithful} == {
+        n: {k: g for k, g in b.items() if k != "dynamic"} for n, b in GRAPH_BUDGET.items()}
+    assert all(faithful[n]["nats"] == eager[n]["nats"] for n in GRAPH_BUDGET)
