@@ -75,3 +75,13 @@ def torchrun(*args, nproc=2, extra=(), timeout=600):
     e = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *extra, *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=timeout, cwd=REPO)
+
+
+def one_line_error(r, *needles):
+    """rc 2 and exactly one stderr line `dyneval: error: ...` containing every needle."""
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, f"rc {r.returncode}: {r.stdout[-1500:]} {r.stderr[-1500:]}"
+    assert len(lines) == 1 and lines[0].startswith("dyneval: error: "), r.stderr[-1500:]
+    for n in needles:
+        assert str(n) in lines[0], lines[0]
+    return lines[0]

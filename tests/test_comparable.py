@@ -12,18 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_OVERRIDES, run_cli
+from conftest import REPO, TINY_OVERRIDES, one_line_error, run_cli
 
 VARIANTS = ("nonoverlap", "sliding", "dynamic_krause")
-
-
-def one_line_error(r, *needles):
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2, f"rc {r.returncode}: {r.stdout[-1500:]} {r.stderr[-1500:]}"
-    assert len(lines) == 1 and lines[0].startswith("dyneval: error: "), r.stderr[-1500:]
-    for n in needles:
-        assert str(n) in lines[0], lines[0]
-    return lines[0]
 
 
 def fake_seed(root: Path, seed: int, *, profile="smoke", sets=(), trained_seed=None, sha=None, variants=VARIANTS,

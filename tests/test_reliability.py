@@ -22,19 +22,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, TINY_OVERRIDES, run_cli
+from conftest import REPO, TINY_OVERRIDES, one_line_error, run_cli
 
 LOCK_NAME = ".dyneval.lock"  # the run-folder lock that train and reproduce take
-
-
-def one_line_error(r, *needles):
-    """rc 2 and exactly one stderr line `dyneval: error: ...` containing every needle."""
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2, f"rc {r.returncode}: {r.stderr[-1500:]}"
-    assert len(lines) == 1 and lines[0].startswith("dyneval: error: "), r.stderr[-1500:]
-    for n in needles:
-        assert str(n) in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
