@@ -145,7 +145,7 @@ def test_low_rank_adapters_adapt_legally_and_leave_the_trained_weights_untouched
     assert np.array_equal(zero.stream["nats"], base.stream["nats"])  # B starts at zero: W + BA = W
     m = ck.model()
     a = adapt.adapt_dynamic_tail(m, tokens, lut, sc, lora(0.05))
-    b = adapt.adapt_dynamic_tail(ck.model(), _changed(tokens), lut, sc, lora(0.05))
+    b = adapt.adapt_dynamic_tail(ck.model(), legality.replace_after(tokens, P, cfg.model.vocab_size), lut, sc, lora(0.05))
     before = a.stream["first_scored"] + a.stream["num_scored"] <= P
     assert np.array_equal(a.stream["nats"][before], b.stream["nats"][before])
     assert a.bpb != base.bpb

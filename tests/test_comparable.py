@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_OVERRIDES, one_line_error, run_cli
+from conftest import REPO, one_line_error, run_cli
 
 VARIANTS = ("nonoverlap", "sliding", "dynamic_krause")
 
@@ -20,7 +20,6 @@ VARIANTS = ("nonoverlap", "sliding", "dynamic_krause")
 def fake_seed(root: Path, seed: int, *, profile="smoke", sets=(), trained_seed=None, sha=None, variants=VARIANTS,
               scored_sha=None, steps=150, eval_sets=()):
     """A seed folder as reproduce leaves it: meta.json (config, size, history, artifact hash) and results."""
-    from dyneval.config import resolve
     from dyneval.notebook import make_config
 
     cfg = make_config(profile, seed if trained_seed is None else trained_seed, ", ".join(sets), "data")

@@ -4,7 +4,6 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 
 from conftest import REPO
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, TINY_OVERRIDES, one_line_error, run_cli
+from conftest import REPO, one_line_error, run_cli
 
 LOCK_NAME = ".dyneval.lock"  # the run-folder lock that train and reproduce take
 
