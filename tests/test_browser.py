@@ -140,7 +140,7 @@ def test_an_interrupted_launch_waits_for_the_checkpoint_and_the_next_launch_resu
 
     log = []
     launch(["train", "--config", str(config), "--out", str(run), "--resume"], nproc=1, log=log.append)
-    assert f"resumed from {run / 'checkpoint.pt'} at step {step}" in log
+    assert f"resumed from {run / 'checkpoint.pt'} at step {step} " in "\n".join(log), log[-5:]
     r = run_cli("train", "--config", config, "--out", tmp_path / "uninterrupted")
     assert r.returncode == 0, r.stderr[-2000:]
     resumed, straight = (json.loads((d / "meta.json").read_text()) for d in (run, tmp_path / "uninterrupted"))
