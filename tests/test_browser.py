@@ -445,9 +445,10 @@ def test_04_evaluate_renders_the_ablation_table_and_the_cumulative_bpb_figure(op
 
 
 @pytest.mark.browser
-def test_05_report_renders_its_table_and_four_figures(lab, open_notebook):
+def test_05_report_renders_its_table_and_five_figures(lab, open_notebook):
     _, _, project = lab
     nb = open_notebook("05_report")
     nb.run_all()
-    _finish(nb, figure_cells=4, table_cells=1)
-    assert (project / "runs" / "notebook" / "figures" / "cumulative_bpb.png").is_file()
+    _finish(nb, figure_cells=5, table_cells=1)
+    for name in ("cumulative_bpb", "eval_budget"):
+        assert (project / "runs" / "notebook" / "figures" / f"{name}.png").is_file()
