@@ -15,7 +15,7 @@ def _runs(root, device="cpu", world=1, virtual=0, seeds=(42, 7)):
     for i, seed in enumerate(seeds):
         d = root / f"seed{seed}"
         (d / "eval").mkdir(parents=True)
-        meta = {"config": {}, "size": {"total_bytes": 1},
+        meta = {"config": {"train": {"seed": seed}}, "size": {"total_bytes": 1},  # comparable seeds (report.py)
                 "history": {"train": [{"step": 1, "train_loss": 7.0}], "val": [{"step": 1, "val_bpb": 3.0}]}}
         res = {n: {"bpb": 2.0 + d_ + i * 1e-4, "loss": 1.4 + d_ * 1.7, "seconds": s * (1 + 0.05 * i), "legal": legal,
                    "rank_local": n not in ("nonoverlap", "sliding"), "world_size": world, "cpu_threads": 2,
