@@ -258,7 +258,7 @@ def cmd_evaluate(args) -> int:
     variants, quirks = parse_variants(args.variants), parse_quirks(args.quirks or "")
     qat_flag_set = True
     if args.run_dir:
-        from .report import read_json
+        from .files import read_json
 
         qat_flag_set = read_json(Path(args.run_dir) / "meta.json").get("qat_enabled_at_end", True)
     try:

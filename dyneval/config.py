@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import files
+
 Switch = str  # a compile setting: "auto" (CUDA only), "1" (any device) or "0" (see `_switch`)
 
 # Names whose tensors are "control" tensors in the run: kept fp32, trained by the scalar AdamW,
@@ -566,10 +568,10 @@ def resolve(profile: str | None = "smoke", *, config_file: str | None = None, ru
         meta = Path(run_dir) / "meta.json"
         if not meta.is_file():
             raise FileNotFoundError(f"{meta}: no meta.json: is {run_dir} a finished training run?")
-        cfg, origin = RunConfig.from_dict(_read_json(meta)["config"]), f"run {run_dir}"
+        cfg, origin = RunConfig.from_dict(files.read_json(meta)["config"]), f"run {run_dir}"
     elif config_file:
         try:
-            cfg, origin = RunConfig.from_dict(_config_of(_read_json(Path(config_file)))), f"file {config_file}"
+            cfg, origin = RunConfig.from_dict(_config_of(files.read_json(Path(config_file)))), f"file {config_file}"
         except ValueError as e:  # a field's type or value: name the file too
             raise ValueError(e if str(config_file) in str(e) else f"{config_file}: {e}") from None
     else:
@@ -600,17 +602,6 @@ def _config_of(obj: dict) -> dict:
     """A config file's sections: the file itself (`config` output), or its "config" entry (`config --sources`
     output, a run's meta.json)."""
     return obj["config"] if isinstance(obj.get("config"), dict) else obj
-
-
-def _read_json(path: Path):
-    try:
-        with open(path) as f:
-            obj = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return obj
 
 
 # ----------------------------------------------------------------------------------------------

@@ -108,3 +108,15 @@ def lock_folder(folder: str | Path):
         yield folder
     finally:
         f.close()
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`; a truncated or non-object file is a one-line error naming it."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}): a truncated or damaged file; rerun the stage that "
+                         f"writes it") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(obj).__name__}")
+    return obj

@@ -82,7 +82,7 @@ def load_runs(runs: str | Path) -> dict:
         failed = d / "FAILED.json"
         res = d / "eval" / "results.json"
         if failed.is_file():
-            out[seed] = {"failed": read_json(failed).get("error", "failed"), "dir": d}
+            out[seed] = {"failed": files.read_json(failed).get("error", "failed"), "dir": d}
         elif res.is_file() and (d / "meta.json").is_file():
             out[seed] = {"meta": read_meta(d / "meta.json"), "results": read_results(res), "dir": d}
         else:
@@ -90,21 +90,9 @@ def load_runs(runs: str | Path) -> dict:
     return out
 
 
-def read_json(path: Path) -> dict:
-    """A JSON object from `path`; a truncated or non-object file is a one-line error naming it."""
-    try:
-        obj = json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e}): a truncated or damaged file; rerun the stage that "
-                         f"writes it") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a JSON object, found {type(obj).__name__}")
-    return obj
-
-
 def read_meta(path: Path) -> dict:
     """A run's meta.json with the fields the report reads (config, size, history) checked."""
-    meta = read_json(path)
+    meta = files.read_json(path)
     need = {"config": dict, "size": dict, "history": dict}
     for key, kind in need.items():
         if not isinstance(meta.get(key), kind):
@@ -119,7 +107,7 @@ def read_meta(path: Path) -> dict:
 
 def read_results(path: Path) -> dict:
     """An evaluation's results.json, every number a number (a string bpb would be averaged as text)."""
-    results = read_json(path)
+    results = files.read_json(path)
     for name, r in results.items():
         if not isinstance(r, dict):
             raise ValueError(f"{path}: {name} is not an object")
@@ -144,7 +132,7 @@ def seed_set_fields(runs_dir: str | Path) -> dict[int, list[str]]:
     path = Path(runs_dir) / REPRODUCE_RECORD
     if not path.is_file():
         return {}
-    return {int(k): list(v) for k, v in read_json(path).get("seed_overrides", {}).items()}
+    return {int(k): list(v) for k, v in files.read_json(path).get("seed_overrides", {}).items()}
 
 
 def _flat(config: dict) -> dict:

@@ -30,7 +30,7 @@ def seed_complete(seed_dir: Path) -> bool:
     res = seed_dir / "eval" / "results.json"
     if not res.is_file() or not (seed_dir / "meta.json").is_file():
         return False
-    from .report import read_json
+    from .files import read_json
 
     r = read_json(res)  # a truncated results.json is a one-line error naming it
     return all(v in r and math.isfinite(r[v].get("bpb", float("nan"))) for v in VARIANTS)
@@ -40,7 +40,7 @@ def seed_differs(seed_dir: Path, cfg) -> str | None:
     """Why a complete seed is not the run asked for (config, artifact hash, results' artifact), or None."""
     from .files import sha256_file
 
-    from .report import read_json
+    from .files import read_json
 
     meta = read_json(seed_dir / "meta.json")
     want, have = json.loads(json.dumps(cfg.to_dict())), meta.get("config", {})
