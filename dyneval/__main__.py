@@ -168,12 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolved(args):
     """The config of a command, resolved the one way (config.resolve)."""
-    from .config import resolve
-    from .variants import RUN_OVERRIDABLE
+    from .config import is_run_overridable, resolve
 
     return resolve(args.profile or "smoke", config_file=args.config, run_dir=getattr(args, "run_dir", None),
                    overrides=args.set or [], environ=os.environ if args.env else None,
-                   run_overridable=RUN_OVERRIDABLE)
+                   run_overridable=is_run_overridable)
 
 
 def cmd_data(args) -> int:
@@ -198,7 +197,8 @@ def cmd_data(args) -> int:
 
 def cmd_train(args) -> int:
     from . import distributed, files
-    from .train import CHECKPOINT, claim_run_folder, train
+    from .runfolder import CHECKPOINT
+    from .train import claim_run_folder, train
 
     if args.resume and args.fresh:
         raise ValueError("give either --resume or --fresh, not both")
@@ -221,21 +221,18 @@ def cmd_train(args) -> int:
 
 def cmd_export(args) -> int:
     from . import distributed, quant
-    from .config import RunConfig
+    from .config import run_config
+    from .export import export
 
     run = Path(args.run_folder)
-    cfg_file = run / "meta.json" if (run / "meta.json").is_file() else run / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{run}: neither meta.json nor config.json: is it a training run folder?")
-    cfg_json = json.loads(cfg_file.read_text())
-    cfg = RunConfig.from_dict(cfg_json.get("config", cfg_json) if cfg_file.name == "meta.json" else cfg_json)
+    cfg = run_config(run, unfinished=True)
     kw = {"bits": args.bits}
     if args.clip_quantile is not None:
         kw["clip_quantile"] = args.clip_quantile
     if args.passthrough_max_numel is not None:
         kw["passthrough_max_numel"] = args.passthrough_max_numel
     try:
-        quant.export(run, cfg, quant.QuantSettings(**kw), device=args.device)
+        export(run, cfg, quant.QuantSettings(**kw), device=args.device)
     finally:
         distributed.teardown()
     return 0
@@ -243,7 +240,9 @@ def cmd_export(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from . import distributed
-    from .variants import evaluate_checkpoint, parse_quirks, parse_variants
+    from .evaluate_stage import EvalOptions, evaluate_artifact
+    from .runfolder import RESULTS, RunFolder
+    from .variants import parse_quirks, parse_variants
 
     if not (args.run_dir or args.artifact):
         raise ValueError("evaluate needs --run-dir RUN (a training run folder) or --artifact FILE")
@@ -251,21 +250,16 @@ def cmd_evaluate(args) -> int:
         raise ValueError("give either --run-dir or --artifact, not both")
     args.set = (args.set or []) + [f"train.data_path={args.data}"] * bool(args.data) \
         + [f"train.tokenizer_path={args.tokenizer}"] * bool(args.tokenizer)
-    from .quant import run_artifact
-
     cfg = resolved(args).config
-    artifact = run_artifact(args.run_dir) if args.run_dir else Path(args.artifact)  # the run's latest export
-    variants, quirks = parse_variants(args.variants), parse_quirks(args.quirks or "")
-    qat_flag_set = True
-    if args.run_dir:
-        from .files import read_json
-
-        qat_flag_set = read_json(Path(args.run_dir) / "meta.json").get("qat_enabled_at_end", True)
+    run = RunFolder(args.run_dir) if args.run_dir else None
+    artifact = run.latest_artifact() if run else Path(args.artifact)  # the run's latest export
+    variants = parse_variants(args.variants)
+    options = EvalOptions(quirks=parse_quirks(args.quirks or ""), virtual_ranks=args.virtual_ranks, device=args.device,
+                          fresh=args.fresh, qat_flag_set=run.qat_flag_set() if run else True)
     try:
-        evaluate_checkpoint(cfg, artifact, Path(args.out), variants, quirks, args.virtual_ranks, args.device,
-                            fresh=args.fresh, qat_flag_set=qat_flag_set, log=lambda m: print(m, flush=True))
+        evaluate_artifact(cfg, artifact, Path(args.out), variants, options, log=lambda m: print(m, flush=True))
     except KeyboardInterrupt:
-        print(f"interrupted: the variants scored are in {Path(args.out) / 'results.json'}; the same command "
+        print(f"interrupted: the variants scored are in {Path(args.out) / RESULTS}; the same command "
               f"continues with the rest", file=sys.stderr)
         return 130
     finally:
@@ -275,6 +269,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_legality(args) -> int:
     from . import distributed, legality
+    from .runfolder import RunFolder
     from .variants import parse_quirks
 
     if not (args.run_dir or args.artifact):
@@ -284,12 +279,11 @@ def cmd_legality(args) -> int:
     args.set = (args.set or []) + [f"train.data_path={args.data}"] * bool(args.data) \
         + [f"train.tokenizer_path={args.tokenizer}"] * bool(args.tokenizer)
     cfg = resolved(args).config
-    artifact = Path(args.run_dir) / "final_model.int6.ptz" if args.run_dir else Path(args.artifact)
+    run = RunFolder(args.run_dir) if args.run_dir else None
+    artifact = run.latest_artifact() if run else Path(args.artifact)  # the run's latest export
     plugins = [v for f in args.plugin or [] for v in legality.load_plugin(f)]
     variants = legality.select_variants(args.variants, plugins)
-    qat_flag_set = True
-    if args.run_dir:
-        qat_flag_set = json.loads((Path(args.run_dir) / "meta.json").read_text()).get("qat_enabled_at_end", True)
+    qat_flag_set = run.qat_flag_set() if run else True
     try:
         report = legality.check_checkpoint(cfg, artifact, variants, args.prefix, parse_quirks(args.quirks or ""),
                                            args.virtual_ranks, args.device, qat_flag_set, args.json,

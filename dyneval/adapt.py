@@ -26,7 +26,7 @@ import torch
 from . import distributed as dist_utils
 from .config import DynamicSettings, KrauseSettings, ScoreFirstSettings, Scoring, TailSettings, TTTSettings
 from .distributed import SINGLE, Ranks
-from .evaluate import (EvalResult, Windows, compiled, finish, nonoverlap_windows, score_windows, sliding_windows,
+from .evaluate import (EvalResult, Windows, compiled, nonoverlap_windows, reduce_result, score_windows, sliding_windows,
                        window_batch)
 from .model import GPT
 
@@ -119,7 +119,7 @@ def adapt_dynamic(model: GPT, tokens, lut, scoring: Scoring, dyn: DynamicSetting
 
         parts.append(score_windows(m, tokens, lut, windows.for_rank(v, ranks.total), scoring.batch_seqs, v, step,
                                    autocast, fwd))
-    return finish(name, parts, time.perf_counter() - t0)
+    return reduce_result(name, parts, time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,7 +265,7 @@ def score_first_ttt(model: GPT, tokens, lut, scoring: Scoring, sf: ScoreFirstSet
     for m in models:
         for p in m.parameters():
             p.grad = None
-    return finish(name, parts, time.perf_counter() - t0)
+    return reduce_result(name, parts, time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -409,4 +409,4 @@ def adapt_dynamic_tail(model: GPT, tokens, lut, scoring: Scoring, tail: TailSett
         finally:
             for p in m.parameters():
                 p.requires_grad_(True)
-    return finish(name, parts, time.perf_counter() - t0)
+    return reduce_result(name, parts, time.perf_counter() - t0)

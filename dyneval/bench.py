@@ -9,13 +9,12 @@ settings with its numbers.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from . import distributed as dist_utils, graphs, quant
+from . import distributed as dist_utils, graphs
 from .adapt import Quirks
 from .data import ByteLUT
 from .distributed import Ranks
@@ -23,7 +22,7 @@ from .evaluate import sliding_windows
 from .model import configure_backends, set_numerics
 from .optim import build_optimizers, zeropower_via_newtonschulz5
 from .train import accumulate, build_model
-from .variants import VARIANTS, Checkpoint, job_for, parse_variants
+from .variants import VARIANTS, DequantizedArtifact, job_for, parse_variants
 
 
 def _sync(device) -> None:
@@ -37,7 +36,7 @@ def _header(ctx, backends: dict) -> dict:
 
 
 def bench_train(cfg, steps: int, device: str | None) -> dict:
-    ctx = dist_utils.setup(device)
+    ctx = dist_utils.init_context(device)
     tc = cfg.train
     cuda = ctx.device.type == "cuda"
     backends = configure_backends(cfg, ctx.device)
@@ -89,7 +88,7 @@ def bench_eval(cfg, variants: list[str], num_windows: int, device: str | None, l
     shape. dynamic_krause is left out: its statistics need the training data.
     """
     log = log or (lambda line: print(line, flush=True))  # a line per stage: never silent for minutes
-    ctx = dist_utils.setup(device)
+    ctx = dist_utils.init_context(device)
     e = cfg.eval
     backends = configure_backends(cfg, ctx.device)
     V = cfg.model.vocab_size
@@ -99,7 +98,7 @@ def bench_eval(cfg, variants: list[str], num_windows: int, device: str | None, l
     lut = ByteLUT(torch.ones(V, dtype=torch.long, device=ctx.device), torch.zeros(V, dtype=torch.bool, device=ctx.device),
                   torch.zeros(V, dtype=torch.bool, device=ctx.device))
     n_win = len(sliding_windows(n_tokens - 1, e.eval_seq_len, e.eval_stride))
-    ck = Checkpoint.from_state(cfg, build_model(cfg, torch.device("cpu")).state_dict(), ctx.device)
+    ck = DequantizedArtifact.from_state(cfg, build_model(cfg, torch.device("cpu")).state_dict(), ctx.device)
     ranks = Ranks.current()
     prefix = tokens[: 4 * e.eval_batch_seqs * e.eval_stride + e.eval_seq_len + 1]
     results = []
@@ -147,16 +146,17 @@ def dynamic_compiled_vs_eager(run_dir: str | Path, device: str | None = None, vi
     compiled side compiles `where` says (`auto`: where the run's GPU would, so not on the CPU; `1`:
     any device) with `backend` (default: the run's `eval.compile_backend`).
     """
-    from .config import RunConfig
+    from .config import run_config
+    from .runfolder import RunFolder
     from .variants import default_ranks, evaluation_inputs
 
-    ctx = dist_utils.setup(device)
+    ctx = dist_utils.init_context(device)
     run_dir = Path(run_dir)
-    meta = json.loads((run_dir / "meta.json").read_text())
-    cfg = RunConfig.from_dict(meta["config"])
+    run = RunFolder(run_dir)
+    cfg = run_config(run_dir)
     backends = configure_backends(cfg, ctx.device)
-    lut, tokens, ck = evaluation_inputs(cfg, quant.run_artifact(run_dir), ctx.device)
-    quirks = Quirks(qat_on=meta.get("qat_enabled_at_end", True))
+    lut, tokens, ck = evaluation_inputs(cfg, run.latest_artifact(), ctx.device)
+    quirks = Quirks(qat_on=run.qat_flag_set())
     out = {"run": str(run_dir), "tokens": tokens.numel()}
     v = VARIANTS["dynamic"]
     for name, comp in (("eager", False), ("compiled", True)):

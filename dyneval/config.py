@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import files
+from .runfolder import RunFolder
 
 Switch = str  # a compile setting: "auto" (CUDA only), "1" (any device) or "0" (see `_switch`)
 
@@ -565,10 +566,7 @@ def resolve(profile: str | None = "smoke", *, config_file: str | None = None, ru
     may change (evaluation settings, not the model that was trained).
     """
     if run_dir:
-        meta = Path(run_dir) / "meta.json"
-        if not meta.is_file():
-            raise FileNotFoundError(f"{meta}: no meta.json: is {run_dir} a finished training run?")
-        cfg, origin = RunConfig.from_dict(files.read_json(meta)["config"]), f"run {run_dir}"
+        cfg, origin = run_config(run_dir), f"run {run_dir}"
     elif config_file:
         try:
             cfg, origin = RunConfig.from_dict(_config_of(files.read_json(Path(config_file)))), f"file {config_file}"
@@ -596,6 +594,18 @@ def resolve(profile: str | None = "smoke", *, config_file: str | None = None, ru
             sources["train.iterations"] = f"profile {profile}, published steps of seed {cfg.train.seed}"
         cfg = stepped
     return Resolved(cfg, sources)
+
+
+def is_run_overridable(field: str) -> bool:
+    """Fields an override may change when a run folder's meta.json is the config: how it is evaluated
+    and where its data lives, never the model or the training that produced the artifact."""
+    return field.startswith("eval.") or field in ("train.data_path", "train.tokenizer_path")
+
+
+def run_config(run_dir, unfinished: bool = False) -> RunConfig:
+    """A run folder's config, the one reader: meta.json's (a finished run), or with `unfinished` the config.json
+    written before training (`runfolder.RunFolder.config_dict`)."""
+    return RunConfig.from_dict(RunFolder(run_dir).config_dict(unfinished))
 
 
 def _config_of(obj: dict) -> dict:

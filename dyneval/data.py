@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import json
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,6 +228,26 @@ def check_tokenizer(tokenizer_path: str | Path, data_path: str | Path, run_meta:
             raise ValueError(f"{tokenizer_path} (sha256 {sha[:12]}) is not the tokenizer {source} records "
                              f"({name}, sha256 {want[:12]}): its bpb would be wrong; pass the matching tokenizer")
     return sha
+
+
+class ValidationInputs(typing.NamedTuple):
+    """What training's periodic validation and the export's round-trip score with (rank-local batch size)."""
+
+    lut: ByteLUT
+    tokens: torch.Tensor
+    batch_seqs: int  # sequences per batch on each rank
+    tokenizer_sha256: str
+
+
+def validation_inputs(train_cfg, vocab_size: int, device, world_size: int) -> ValidationInputs:
+    """The validation stream at `train_seq_len` under training's settings (`train.val_batch_size_tokens` split
+    over ranks and accumulation steps, as the run's eval_val); the tokenizer is checked against the data's."""
+    tc = train_cfg
+    lut = build_byte_lut(tc.tokenizer_path, vocab_size).to(device)  # vocab size first
+    sha = check_tokenizer(tc.tokenizer_path, tc.data_path)  # another tokenizer gives a wrong bpb
+    tokens = load_validation_tokens(val_pattern(tc.data_path), tc.train_seq_len, tc.max_val_tokens, vocab_size)
+    batch_seqs = max(1, tc.val_batch_size_tokens // (world_size * tc.grad_accum_steps(world_size) * tc.train_seq_len))
+    return ValidationInputs(lut, tokens.to(device), batch_seqs, sha)
 
 
 def load_tokenizer(path: str | Path):

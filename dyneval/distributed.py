@@ -83,7 +83,7 @@ def world_size() -> int:
     return dist.get_world_size() if active() else 1
 
 
-def setup(device: str | None = None) -> Context:
+def init_context(device: str | None = None) -> Context:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK), or run alone.
 
     `device`: "cuda", "cpu" or None (CUDA when available). The environment is read here, at call

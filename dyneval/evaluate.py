@@ -151,7 +151,7 @@ def concat_streams(parts: list[dict]) -> dict:
     return {k: np.concatenate([p[k] for p in parts]) for k in STREAM_FIELDS}
 
 
-def finish(name: str, parts: list[dict], seconds: float) -> EvalResult:
+def reduce_result(name: str, parts: list[dict], seconds: float) -> EvalResult:
     """Reduce the local stream rows to global sums (and the whole stream) across ranks."""
     local = concat_streams(parts)
     stream = concat_streams(dist_utils.all_gather_objects(local))
@@ -207,7 +207,7 @@ def evaluate_windows(name: str, model, tokens, lut, windows: Windows, batch_seqs
     rows = score_windows(model, tokens, lut, windows.for_rank(ranks.rank, ranks.world), batch_seqs, ranks.rank,
                          autocast=autocast, forward=forward)
     model.train(was_training)
-    return finish(name, [rows], time.perf_counter() - t0)
+    return reduce_result(name, [rows], time.perf_counter() - t0)
 
 
 def evaluate_nonoverlap(model, tokens, lut, seq_len: int, batch_seqs: int, ranks: Ranks = SINGLE,

@@ -275,7 +275,7 @@ def check_checkpoint(cfg: RunConfig, artifact: Path, variants: list[Variant], pr
     quirks = quirks or Quirks()
     if not qat_flag_set:
         quirks = dataclasses.replace(quirks, qat_on=False)
-    ctx = dist_utils.setup(device)
+    ctx = dist_utils.init_context(device)
     backends = configure_backends(cfg, ctx.device)
     lut, tokens, ck = evaluation_inputs(cfg, artifact, ctx.device)
     ranks = default_ranks(cfg, virtual_ranks)

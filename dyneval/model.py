@@ -360,6 +360,16 @@ def check_state_dict(model: GPT, state: dict, source: str) -> None:
             raise ValueError(f"{source}: {k} has shape {tuple(state[k].shape)}, the model config wants {tuple(v.shape)}")
 
 
+def model_from_weights(cfg: ModelConfig, state: dict, device, gpu_dtypes: bool, *, bf16_tables: bool = True,
+                       source: str = "weights") -> GPT:
+    """A model holding `state` on `device`, under the GPU dtype policy when `gpu_dtypes` (the one way a model
+    is built from given weights: the export's round trip, every evaluation variant, training's resume)."""
+    m = GPT(cfg, init_weights=False).to(device)  # every weight is loaded next
+    if gpu_dtypes:
+        apply_dtype_policy(m, bf16_tables=bf16_tables)
+    return load_weights(m, state, source)
+
+
 def load_weights(model: GPT, state: dict, source: str) -> GPT:
     check_state_dict(model, state, source)
     with torch.no_grad():

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import files
 from .config import RunConfig, preset, resolve_seed_steps
+from .runfolder import RunFolder
 
 PARAMETERS = {"profile": str, "seed": int, "run_dir": str, "overrides": str, "data_root": str}
 EXPORT_PARAMETERS = {"bits": int, "clip_quantile": float, "passthrough_max_numel": int}  # notebook 03
@@ -30,10 +31,13 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FINEWEB_TRAIN_SHARDS = 80  # the challenge's 8 B training tokens
 
 
-def resolve(path: str | Path) -> str:
+def project_path(path: str | Path) -> str:
     """Relative paths are taken from the project root, so JupyterLab (cwd notebooks/) and papermill agree."""
     p = Path(path)
     return str(p if p.is_absolute() else PROJECT_ROOT / p)
+
+
+resolve = project_path  # notebook 05 calls it by its old name (config.resolve is the other `resolve`)
 
 
 def check_parameters(values: dict, allowed: dict = PARAMETERS) -> dict:
@@ -49,7 +53,7 @@ def check_parameters(values: dict, allowed: dict = PARAMETERS) -> dict:
             raise ValueError(f"notebook parameter {k}={v!r} is not a valid {allowed[k].__name__}") from None
     for k in ("run_dir", "data_root"):
         if k in out:
-            out[k] = resolve(out[k])
+            out[k] = project_path(out[k])
     return out
 
 
@@ -85,7 +89,7 @@ def parse_overrides(text: str) -> list[str]:
 
 def dataset_paths(profile: str, data_root: str | Path) -> dict:
     """The profile's dataset and tokenizer (embedded corpus or FineWeb, as its preset names them) under `data_root`."""
-    root, tc = Path(resolve(data_root)), preset(profile).train
+    root, tc = Path(project_path(data_root)), preset(profile).train
     return {"train.data_path": str(root / "datasets" / Path(tc.data_path).name),
             "train.tokenizer_path": str(root / "tokenizers" / Path(tc.tokenizer_path).name)}
 
@@ -214,28 +218,27 @@ def train_stage(cfg: RunConfig, run_dir: str | Path, log=print) -> dict:
 
     A finished run of exactly this config is not trained again.
     """
-    run_dir = Path(run_dir)
-    meta = run_dir / "meta.json"
-    if meta.is_file() and json.loads(meta.read_text()).get("config") == cfg.to_dict():
-        log(f"{meta} exists for this config: training skipped")
-        return json.loads(meta.read_text())
-    refuse_other_run(cfg, run_dir)
-    path = write_config(cfg, run_dir / "config.json")
-    launch(["train", "--config", str(path), "--out", str(run_dir), "--resume"], num_processes(cfg), log=log)
-    return json.loads(meta.read_text())
+    run = RunFolder(run_dir)
+    if run.finished and run.read_meta().get("config") == cfg.to_dict():
+        log(f"{run.meta} exists for this config: training skipped")
+        return run.read_meta()
+    refuse_other_run(cfg, run.path)
+    path = write_config(cfg, run.config_file)
+    launch(["train", "--config", str(path), "--out", str(run.path), "--resume"], num_processes(cfg), log=log)
+    return run.read_meta()
 
 
 def refuse_other_run(cfg: RunConfig, run_dir: Path) -> None:
     """A run_dir holding a finished run or a checkpoint of another config is refused (never trained over)."""
-    from .train import CHECKPOINT, _first_difference
+    from .train import _first_difference
 
-    meta = run_dir / "meta.json"
-    if meta.is_file():
-        have = json.loads(meta.read_text()).get("config") or {}
+    run = RunFolder(run_dir)
+    if run.finished:
+        have = run.read_meta().get("config") or {}
         raise ValueError(f"run_dir {run_dir} holds a finished run of another config "
                          f"({_first_difference(have, cfg.to_dict()).replace('checkpoint', 'there')}): choose another "
                          f"run_dir, or delete that run to train this config there")
-    ckpt = run_dir / CHECKPOINT
+    ckpt = run.checkpoint
     if ckpt.is_file():
         import torch
 
@@ -254,23 +257,24 @@ def export_stage(run_dir: str | Path, settings=None, log=print) -> dict:
     these settings and the artifact on disk is the one it describes."""
 
     from . import quant
+    from .config import run_config
+    from .export import export
 
-    run_dir = Path(run_dir)
+    run = RunFolder(run_dir)
     settings = settings or quant.QuantSettings()
-    done, artifact = run_dir / "export.json", run_dir / quant.artifact_name(settings.bits)
+    done, artifact = run.export_record, run.artifact(settings.bits)
     if done.is_file() and artifact.is_file():
         prev = json.loads(done.read_text())
         if prev["settings"] == asdict(settings) and \
                 prev["artifact_sha256"] == files.sha256_file(artifact):
             log(f"{artifact} already holds these quantization settings: export skipped")
             return prev
-    cfg = RunConfig.from_dict(json.loads((run_dir / "meta.json").read_text())["config"])
-    return quant.export(run_dir, cfg, settings, log=log)
+    return export(run.path, run_config(run.path), settings, log=log)
 
 
 def evaluate_stage(cfg: RunConfig, run_dir: str | Path, variants: str = "all", log=print) -> dict:
     """Every variant on the run's artifact, into `run_dir/eval`; return results.json."""
-    run_dir = Path(run_dir)
-    launch(["evaluate", "--run-dir", str(run_dir), "--variants", variants, "--out", str(run_dir / "eval")],
+    run = RunFolder(run_dir)
+    launch(["evaluate", "--run-dir", str(run.path), "--variants", variants, "--out", str(run.eval_dir)],
            num_processes(cfg), log=log)
-    return json.loads((run_dir / "eval" / "results.json").read_text())
+    return files.read_json(run.results)

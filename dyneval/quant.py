@@ -1,6 +1,6 @@
-"""Export: the run's mixed int6/int8/passthrough quantization and the zstd-22 artifact.
+"""The quantizer: the run's mixed int6/int8/passthrough quantization and the zstd-22 artifact format.
 
-Owns `quantize_state_dict` / `dequantize_state_dict` (docs/NUMERICS.md, 'The artifact'), the artifact
+Pure functions of tensors and bytes (the export stage that writes a run folder's artifact is export.py). Owns `quantize_state_dict` / `dequantize_state_dict` (docs/NUMERICS.md, 'The artifact'), the artifact
 `final_model.int6.ptz` = zstd level 22 of `torch.save({"w": tensors, "m": meta})`, byte-compatible
 with the run's, read back with `weights_only=True` (no arbitrary pickle code), and the size report
 against the challenge's 16,000,000-byte cap (compressed model + code).
@@ -9,16 +9,15 @@ against the challenge's 16,000,000-byte cap (compressed model + code).
 from __future__ import annotations
 
 import io
-import json
 import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import files
 from .config import is_control
+from .runfolder import RunFolder
 
 PASSTHROUGH_MAX_NUMEL = 65_536  # tensors this small are stored as fp16 as is (the run's threshold)
 INT8_CLIP_QUANTILE = 0.9999984  # the run's 99.99984th-percentile clip for int8 rows
@@ -60,8 +59,9 @@ class QuantSettings:
             raise ValueError(f"passthrough_max_numel={self.passthrough_max_numel} must be >= 0")
 
 
-def quantize_int6(t: torch.Tensor, bits: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row int6 in int8 storage: s = fp16(max(max|row|/31, 1/31)), q = clamp(round(w/s), -32, 31).
+def quantize_absmax(t: torch.Tensor, bits: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row int-N (N = `bits`, the run's 6) in int8 storage, scaled by the row's max |w|; for int6
+    s = fp16(max(max|row|/31, 1/31)), q = clamp(round(w/s), -32, 31).
 
     q uses the fp16-rounded scale so that dequantization (q*s) reproduces exactly what was rounded.
     1-D tensors get one scale, fp16(max|w|/31), or 1 when the tensor is all zeros. The floor of
@@ -113,7 +113,7 @@ def quantize_state_dict(state: dict[str, torch.Tensor], settings: QuantSettings 
             meta[name] = "passthrough_ctrl"
         else:
             if category(name) in INT6_CATEGORIES:
-                q, s = quantize_int6(t, settings.bits)
+                q, s = quantize_absmax(t, settings.bits)
                 # one interned string: pickle then stores it once and refers back to it, as the run's
                 # literal "int6" is, so the artifact stays byte-identical to the run's
                 kind = sys.intern(f"int{settings.bits}")
@@ -286,101 +286,6 @@ def size_report(artifact_path: str | Path) -> dict:
             "code_definition": CODE_DEFINITION, "code_files": [f"dyneval/{p.name}" for p in code_files()]}
 
 
-# ----------------------------------------------------------------------------------------------
-# The export stage
-
-ARTIFACT = "final_model.int6.ptz"
-FINAL_WEIGHTS = "final_model.pt"
-
-
-def artifact_name(bits: int) -> str:
-    """The artifact's file name says its grid: `final_model.int6.ptz` (the run's name, kept byte for byte
-    for 6 bits), `final_model.int4.ptz` for a 4-bit export, and so on."""
-    return f"final_model.int{bits}.ptz"
-
-
 def run_artifact(run_dir: str | Path) -> Path:
-    """The artifact a run folder's latest export wrote (meta.json's `export.artifact`; the run's name before)."""
-    run_dir = Path(run_dir)
-    meta = run_dir / "meta.json"
-    if meta.is_file():
-        try:
-            name = json.loads(meta.read_text()).get("export", {}).get("artifact")
-        except (json.JSONDecodeError, AttributeError):
-            raise ValueError(f"{meta}: not a JSON object with an `export` entry: train the run again") from None
-        if name:
-            return run_dir / Path(name).name
-    return run_dir / ARTIFACT
-
-
-def export(run_dir: str | Path, cfg, settings: QuantSettings = QuantSettings(), device: str | None = None,
-           log=print) -> dict:
-    """The export stage: `final_model.pt` -> the artifact, its size report, and its round-trip score.
-
-    Writes `final_model.int6.ptz` (rank 0), `size_report.json` and `export.json` (the settings, the
-    artifact's sha256 and the non-overlapping val score of the dequantized weights -- what the
-    rounding costs, before any adaptation). Training calls it at the end; notebook 03 calls it to
-    re-quantize a trained run with other settings. Works under torchrun (the score is reduced over
-    ranks) and alone.
-    """
-    from . import data, distributed as dist_utils
-    from .distributed import Ranks
-    from .evaluate import evaluate_nonoverlap, require_finite
-    from .config import switch_on
-    from .model import GPT, apply_dtype_policy, configure_backends, load_weights
-
-    run = Path(run_dir)
-    ctx = dist_utils.setup(device)
-    configure_backends(cfg, ctx.device)
-    weights = run / FINAL_WEIGHTS
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: no final weights: train the run first")
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    artifact = run / artifact_name(settings.bits)
-    if ctx.is_main:
-        log(f"export: quantizing to int{settings.bits} and compressing with zstd -{ZSTD_LEVEL} -> {artifact.name} ...")
-        t0 = time.perf_counter()
-        write_artifact(artifact, state, settings)
-        log(f"export: {artifact.name} written in {time.perf_counter() - t0:.1f} s")
-    dist_utils.barrier()
-    model = GPT(cfg.model, init_weights=False).to(ctx.device)  # the artifact's weights are loaded next
-    policy = switch_on(cfg.train.gpu_dtypes, ctx.device)  # the training's dtype policy: CUDA, or when asked
-    if policy:
-        apply_dtype_policy(model)
-    load_weights(model, load_artifact(artifact, model.state_dict()), str(artifact))
-    tc = cfg.train
-    tokens = data.load_validation_tokens(data.val_pattern(tc.data_path), tc.train_seq_len, tc.max_val_tokens,
-                                         cfg.model.vocab_size)
-    lut = data.build_byte_lut(tc.tokenizer_path, cfg.model.vocab_size).to(ctx.device)
-    batch_seqs = max(1, tc.val_batch_size_tokens // (ctx.world_size * tc.grad_accum_steps(ctx.world_size)
-                                                     * tc.train_seq_len))
-    rt = evaluate_nonoverlap(model, tokens.to(ctx.device), lut, tc.train_seq_len, batch_seqs, Ranks.current(),
-                             autocast=policy)
-    require_finite(str(artifact), rt)  # no NaN score with exit status 0
-    size = size_report(artifact)
-    out = {"settings": asdict(settings), "bits": settings.bits, "artifact": artifact.name,
-           "artifact_sha256": files.sha256_file(artifact), "roundtrip": rt.summary(), "size": size}
-    if settings.bits == 6:
-        out["int6_roundtrip"] = out["roundtrip"]  # the run's name for it
-    if ctx.is_main:
-        files.write_json(run / "size_report.json", size)
-        files.write_json(run / "export.json", out)
-        record_export(run, out)
-    log(f"int{settings.bits}_roundtrip (before any adaptation) val_loss:{rt.loss:.4f} val_bpb:{rt.bpb:.4f}")
-    log(f"artifact: {size['model_bytes']:,} bytes + code {size['code_bytes']:,} = {size['total_bytes']:,} "
-        f"(cap {size['cap_bytes']:,}: {'under' if size['under_cap'] else 'OVER'})")
-    return out
-
-
-def record_export(run: Path, exported: dict) -> None:
-    """A re-export of a finished run updates its meta.json (what `evaluate --run-dir` scores and the report
-    counts): the artifact, its bits and sha256, its size. Training's own numbers stay (`int6_roundtrip`
-    is the 6-bit export's score at the end of training)."""
-    path = run / "meta.json"
-    if not path.is_file():
-        return  # training writes meta.json itself, after its export
-    meta = json.loads(path.read_text())
-    meta["export"] = {k: exported[k] for k in ("settings", "bits", "artifact", "artifact_sha256", "roundtrip")}
-    meta["artifact_sha256"] = exported["artifact_sha256"]
-    meta["size"] = exported["size"]
-    files.write_json(path, meta)
+    """The artifact a run folder's latest export wrote (`RunFolder.latest_artifact`; notebook 03 calls it here)."""
+    return RunFolder(run_dir).latest_artifact()

@@ -16,6 +16,8 @@ import traceback
 from pathlib import Path
 
 from . import files
+from .files import read_json, sha256_file
+from .runfolder import RunFolder
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 SEED_NOTEBOOKS = ("01_data", "02_train", "03_quantize", "04_evaluate")
@@ -27,36 +29,29 @@ def seed_complete(seed_dir: Path) -> bool:
 
     from .variants import VARIANTS
 
-    res = seed_dir / "eval" / "results.json"
-    if not res.is_file() or not (seed_dir / "meta.json").is_file():
+    run = RunFolder(seed_dir)
+    if not run.results.is_file() or not run.finished:
         return False
-    from .files import read_json
-
-    r = read_json(res)  # a truncated results.json is a one-line error naming it
+    r = read_json(run.results)  # a truncated results.json is a one-line error naming it
     return all(v in r and math.isfinite(r[v].get("bpb", float("nan"))) for v in VARIANTS)
 
 
 def seed_differs(seed_dir: Path, cfg) -> str | None:
     """Why a complete seed is not the run asked for (config, artifact hash, results' artifact), or None."""
-    from .files import sha256_file
-
-    from .files import read_json
-
-    meta = read_json(seed_dir / "meta.json")
+    run = RunFolder(seed_dir)
+    meta = run.read_meta()
     want, have = json.loads(json.dumps(cfg.to_dict())), meta.get("config", {})
     changed = [f"{s}.{k}: {have.get(s, {}).get(k)!r} -> {v!r}" for s, sec in want.items() if isinstance(sec, dict)
                for k, v in sec.items() if have.get(s, {}).get(k) != v]
     if changed or want.get("nproc") != have.get("nproc"):
         return f"its config differs ({'; '.join(changed[:3]) or 'nproc'})"
-    from .quant import run_artifact
-
-    artifact = run_artifact(seed_dir)
+    artifact = run.latest_artifact()
     sha = meta.get("artifact_sha256") or meta.get("export", {}).get("artifact_sha256")
     if not sha:
         return "its meta.json records no artifact hash to check the artifact against (an older run)"
     if not artifact.is_file() or sha != sha256_file(artifact):
         return "its artifact is not the one its meta.json records (artifact_sha256)"
-    results = read_json(seed_dir / "eval" / "results.json")
+    results = read_json(run.results)
     other = sorted(v for v, r in results.items() if Path(r.get("artifact", "")).resolve() != artifact.resolve()
                    or r.get("artifact_sha256", sha) != sha)
     if other:
@@ -179,7 +174,7 @@ def _reproduce(profile, seeds, out: Path, overrides, seed_overrides, figures, ti
             log(f"[{i}/{len(seeds)}] seed {seed}: complete, skipped")
             summary["skipped"].append(seed)
             continue
-        failed = seed_dir / "FAILED.json"
+        failed = RunFolder(seed_dir).failed
         if failed.is_file():
             failed.unlink()
         over = list(overrides) + list((seed_overrides or {}).get(seed, []))

@@ -7,7 +7,7 @@ step, late QAT below the lr-scale threshold, periodic validation, the run's log 
 training state (`TrainState`) checkpointed atomically every N steps, at the end of training and on
 SIGINT/SIGTERM (always between two steps, so a resume is bitwise the uninterrupted run), loaded with
 `weights_only=True` (a checkpoint holds tensors and plain containers, never code). At the end: EMA
-applied, `final_model.pt`, then the export stage (`quant.export`) and `meta.json`.
+applied, `final_model.pt`, then the export stage (`export.export`) and `meta.json`.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from pathlib import Path
 
 import torch
 
-from . import cpu, data, distributed as dist_utils, files, graphs, quant
+from . import cpu, data, distributed as dist_utils, files, graphs
 from .config import RunConfig, switch_on
 from .distributed import Context, Ranks
 from .evaluate import evaluate_nonoverlap, require_finite
+from .export import export
 from .model import GPT, apply_dtype_policy, configure_backends, load_weights, set_numerics
 from .optim import Optimizers, build_optimizers, lr_scale, muon_momentum, zeropower_via_newtonschulz5
-
-CHECKPOINT = "checkpoint.pt"
+from .runfolder import CHECKPOINT, EVAL_DIR, EXPORT, FINAL_WEIGHTS, META, SIZE_REPORT, TRAIN_LOG
 
 
 def git_info() -> dict:
@@ -202,7 +202,7 @@ class Interrupts:
 
 @dataclass
 class Trainer:
-    """What the loop runs on, built once by `setup`."""
+    """What the loop runs on, built once by `build_trainer`."""
 
     cfg: RunConfig
     ctx: Context
@@ -232,15 +232,15 @@ class Trainer:
         return switch_on(self.cfg.train.gpu_dtypes, self.ctx.device)
 
 
-def setup(cfg: RunConfig, out_dir: str | Path, device: str | None) -> tuple[Trainer, TrainState]:
+def build_trainer(cfg: RunConfig, out_dir: str | Path, device: str | None) -> tuple[Trainer, TrainState]:
     """Process group, backends, data, model, optimizers: the trainer and a fresh state."""
-    ctx = dist_utils.setup(device)
+    ctx = dist_utils.init_context(device)
     tc = cfg.train
     out = Path(out_dir)
     if ctx.is_main:
         files.output_folder(out)  # a file or a read-only folder is a one-line error
     dist_utils.barrier()
-    log = Logger(out / "train.log", ctx.is_main)
+    log = Logger(out / TRAIN_LOG, ctx.is_main)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     grad_accum = tc.grad_accum_steps(ctx.world_size)
@@ -251,10 +251,7 @@ def setup(cfg: RunConfig, out_dir: str | Path, device: str | None) -> tuple[Trai
     backends = configure_backends(cfg, ctx.device)
     loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), ctx.rank, ctx.world_size, ctx.device,
                                          cfg.model.vocab_size)
-    lut = data.build_byte_lut(tc.tokenizer_path, cfg.model.vocab_size).to(ctx.device)  # vocab size first
-    tokenizer_sha = data.check_tokenizer(tc.tokenizer_path, tc.data_path)  # another tokenizer gives a wrong bpb
-    val_tokens = data.load_validation_tokens(data.val_pattern(tc.data_path), tc.train_seq_len,
-                                             tc.max_val_tokens, cfg.model.vocab_size).to(ctx.device)
+    val = data.validation_inputs(tc, cfg.model.vocab_size, ctx.device, ctx.world_size)
     base = set_numerics(build_model(cfg, ctx.device), qat=False, expand_kv=backends["expand_kv"])
     regions = graphs.Regions(tc.compile_backend)
     compiling = graphs.should_compile(tc.compile, ctx.device)
@@ -266,9 +263,8 @@ def setup(cfg: RunConfig, out_dir: str | Path, device: str | None) -> tuple[Trai
         from torch.nn.parallel import DistributedDataParallel as DDP
         # GPT has no buffers (tests/test_model.py), so DDP's buffer sync has nothing to do: no buffer argument
         model = DDP(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
-    val_batch_seqs = max(1, tc.val_batch_size_tokens // (ctx.world_size * grad_accum * tc.train_seq_len))
-    trainer = Trainer(cfg, ctx, out, log, model, lut, val_tokens, grad_accum, local_tokens, val_batch_seqs, backends,
-                      tokenizer_sha, regions)
+    trainer = Trainer(cfg, ctx, out, log, model, val.lut, val.tokens, grad_accum, local_tokens, val.batch_seqs,
+                      backends, val.tokenizer_sha256, regions)
     return trainer, TrainState(base, opts, loader, tc.ema_decay)
 
 
@@ -412,7 +408,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, device: str
     `stop_after`: end the loop after this many steps as if interrupted (checkpoint written, no
     export), as a kill at that step would; the resume tests use it.
     """
-    tr, st = setup(cfg, out_dir, device)
+    tr, st = build_trainer(cfg, out_dir, device)
     tc = cfg.train
     for line in start_warnings(cfg, tr.ctx.device, tr.ctx.world_size):
         tr.log(line)
@@ -453,10 +449,10 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, device: str
         # The end-of-training state, so a signal or crash during the export loses nothing.
         if not (ckpt.is_file() and tc.checkpoint_every and st.step % tc.checkpoint_every == 0):
             checkpoint(tr, st, "end of training")
-        return finish(tr, st)
+        return finish_run(tr, st)
 
 
-def finish(tr: Trainer, st: TrainState) -> dict:
+def finish_run(tr: Trainer, st: TrainState) -> dict:
     """Apply the EMA, write final_model.pt, score it, run the export stage, write meta.json."""
     if st.ema is not None:
         load_weights(st.model, st.ema, "EMA")
@@ -464,10 +460,10 @@ def finish(tr: Trainer, st: TrainState) -> dict:
     ema_val = validate(tr, st)
     require_finite(str(tr.out), ema_val)  # no NaN score with exit status 0
     if tr.ctx.is_main:
-        save_atomic(state, tr.out / quant.FINAL_WEIGHTS)
+        save_atomic(state, tr.out / FINAL_WEIGHTS)
     dist_utils.barrier()
     tr.log(f"final_ema val_loss:{ema_val.loss:.4f} val_bpb:{ema_val.bpb:.4f}")
-    exported = quant.export(tr.out, tr.cfg, device=str(tr.ctx.device.type), log=tr.log)
+    exported = export(tr.out, tr.cfg, device=str(tr.ctx.device.type), log=tr.log)
     meta = {"config": tr.cfg.to_dict(), "env": environment_info(tr.ctx.device), "backends": tr.backends,
             "steps": st.step, "train_seconds": st.train_ms / 1000.0, "late_qat_step": st.qat_step,
             "qat_enabled_at_end": st.qat_step is not None, "qat_trained": bool(tr.cfg.train.qat_trains),
@@ -476,14 +472,14 @@ def finish(tr: Trainer, st: TrainState) -> dict:
             "tokenizer_sha256": tr.tokenizer_sha256,  # checked at evaluation
             "graphs": {"regions": tr.regions.record(), "by_phase": tr.graph_counts}}  # compiled functions
     if tr.ctx.is_main:
-        files.write_json(tr.out / "meta.json", meta)
+        files.write_json(tr.out / META, meta)
         (tr.out / CHECKPOINT).unlink(missing_ok=True)
     tr.log.close()
     return meta
 
 
 # Files of a run folder that a new training would replace (the artifact names of every bit width, and eval/).
-RUN_OUTPUTS = (CHECKPOINT, quant.FINAL_WEIGHTS, "meta.json", "export.json", "size_report.json", "train.log")
+RUN_OUTPUTS = (CHECKPOINT, FINAL_WEIGHTS, META, EXPORT, SIZE_REPORT, TRAIN_LOG)
 
 
 def claim_run_folder(out: str | Path, resume: bool, fresh: bool) -> None:
@@ -492,13 +488,13 @@ def claim_run_folder(out: str | Path, resume: bool, fresh: bool) -> None:
     import shutil
 
     out = Path(out)
-    finished, ckpt = (out / "meta.json").is_file(), (out / CHECKPOINT).is_file()
+    finished, ckpt = (out / META).is_file(), (out / CHECKPOINT).is_file()
     if fresh:
         for name in RUN_OUTPUTS:
             (out / name).unlink(missing_ok=True)
         for artifact in out.glob("final_model.int*.ptz"):
             artifact.unlink()
-        shutil.rmtree(out / "eval", ignore_errors=True)
+        shutil.rmtree(out / EVAL_DIR, ignore_errors=True)
         return
     if finished:
         raise ValueError(f"{out}: holds a finished run (meta.json){' that --resume cannot continue' if resume else ''}: "

@@ -1,47 +1,38 @@
-"""The evaluate stage: the registry of scoring and adaptation variants, and the run over one artifact.
+"""The registry of scoring and adaptation variants, and what each runs on: the dequantized artifact.
 
-Owns what `python -m dyneval evaluate` does (torchrun-capable): every variant is one `Variant`
-record -- its legality under the challenge's rule and why, whether it is one of the run's own passes
+The evaluate stage (evaluate_stage.py, `python -m dyneval evaluate`) runs them over one artifact. Every
+variant is one `Variant` record -- its legality under the challenge's rule and why, whether it is one of the run's own passes
 (whose quirks then apply unless switched off), whether it adapts per rank, and the function that
 runs it -- so a new variant is one entry plus its function. Every variant starts from fresh weights
 dequantized from the int6 artifact (every score is a score of the bytes that would be submitted).
-Outputs: `results.json` (rewritten atomically after each variant, so nothing computed is lost), one
-per-window stream `<variant>.npz` each, `doc_starts.npy`, and the tables (`report.write_run_tables`).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
-from . import adapt, cpu, data, distributed as dist_utils, files, graphs, quant
+from . import adapt, data, distributed as dist_utils, files, graphs, quant
 from .adapt import Quirks
 from .config import RunConfig, switch_on
 from .distributed import Ranks
-from .evaluate import EvalResult, compiled, evaluate_nonoverlap, evaluate_sliding, require_finite
-from .model import GPT, apply_dtype_policy, configure_backends, load_weights, set_numerics
+from .evaluate import EvalResult, compiled, evaluate_nonoverlap, evaluate_sliding
+from .model import GPT, model_from_weights, set_numerics
+from .runfolder import RunFolder
 
 LEGAL = "scores every token before any update uses it"
 NOT_LEGAL_TTT = "trains on validation tokens before scoring them (pre-eval TTT)"
 NO_ADAPTATION = "no adaptation"
 
 
-def RUN_OVERRIDABLE(field: str) -> bool:
-    """Fields an override may change when a run folder's meta.json is the config: how it is evaluated
-    and where its data lives, never the model or the training that produced the artifact."""
-    return field.startswith("eval.") or field in ("train.data_path", "train.tokenizer_path")
-
-
-class Checkpoint:
-    """The dequantized artifact, ready to give every variant a fresh model."""
+class DequantizedArtifact:
+    """The artifact's weights dequantized (what every variant scores), ready to give each a fresh model."""
 
     def __init__(self, cfg: RunConfig, artifact: Path, device: torch.device):
         self.cfg, self.artifact, self.device = cfg, Path(artifact), device
@@ -52,7 +43,7 @@ class Checkpoint:
         self.bits = quant.grid_bits(qmeta)  # what the artifact holds, whatever its name says
 
     @classmethod
-    def from_state(cls, cfg: RunConfig, state: dict, device: torch.device) -> "Checkpoint":
+    def from_state(cls, cfg: RunConfig, state: dict, device: torch.device) -> "DequantizedArtifact":
         """Weights given directly (benchmarks on a random model), not read from an artifact."""
         ck = cls.__new__(cls)
         ck.cfg, ck.artifact, ck.device, ck.state, ck.sha256, ck.bits = cfg, Path("<in memory>"), device, state, "", None
@@ -64,18 +55,16 @@ class Checkpoint:
         return switch_on(self.cfg.eval.gpu_dtypes, self.device)
 
     def model(self, bf16_tables: bool = True) -> GPT:
-        m = GPT(self.cfg.model, init_weights=False).to(self.device)  # every weight is loaded next
-        if self.gpu_dtypes:
-            apply_dtype_policy(m, bf16_tables=bf16_tables)
-        return load_weights(m, self.state, str(self.artifact))
+        return model_from_weights(self.cfg.model, self.state, self.device, self.gpu_dtypes, bf16_tables=bf16_tables,
+                                  source=str(self.artifact))
 
 
 @dataclass
 class Job:
-    """What a variant's function needs: the checkpoint, the stream, and the settings it runs under."""
+    """What a variant's function needs: the dequantized artifact, the stream, and the settings it runs under."""
 
     cfg: RunConfig
-    checkpoint: Checkpoint
+    weights: DequantizedArtifact
     tokens: torch.Tensor
     lut: data.ByteLUT
     quirks: Quirks  # the quirks in force for this variant (all off for variants that are not the run's)
@@ -96,20 +85,20 @@ class Job:
     @property
     def autocast(self) -> bool:
         """bf16 autocast with the GPU dtype policy: on CUDA, or wherever `eval.gpu_dtypes=1` asks for it."""
-        return self.checkpoint.gpu_dtypes
+        return self.weights.gpu_dtypes
 
     @property
     def compile(self) -> bool:
-        return graphs.should_compile(self.cfg.eval.compile, self.checkpoint.device)
+        return graphs.should_compile(self.cfg.eval.compile, self.weights.device)
 
     @property
     def compile_dynamic(self) -> bool:
         """The run's dynamic eval ran eagerly (its uncompiled train-mode forward): faithful unless asked."""
-        return graphs.should_compile(self.cfg.eval.compile_dynamic, self.checkpoint.device)
+        return graphs.should_compile(self.cfg.eval.compile_dynamic, self.weights.device)
 
     def model(self, qat: bool | None = None) -> GPT:
         """Fresh weights from the artifact, with this variant's dtype policy and numerics switches."""
-        m = self.checkpoint.model(bf16_tables=self.quirks.bf16_tables)
+        m = self.weights.model(bf16_tables=self.quirks.bf16_tables)
         return set_numerics(m, qat=self.quirks.qat_on if qat is None else qat, expand_kv=self.backends["expand_kv"])
 
 
@@ -206,7 +195,7 @@ def run_krause(job: Job) -> tuple[EvalResult, dict]:
     """dynamic_tail with Krause's update; its gradient statistics come from training batches only."""
     k = job.cfg.eval.krause
     t0 = time.perf_counter()
-    batches = train_batches(job.cfg, job.data_path, k.batches, job.checkpoint.device)
+    batches = train_batches(job.cfg, job.data_path, k.batches, job.weights.device)
     stats = adapt.gradient_rms(job.model(qat=False), batches, job.autocast)
     stats_s = time.perf_counter() - t0
     res = adapt.adapt_dynamic_tail(job.model(), job.tokens, job.lut, job.cfg.eval.scoring, k, job.ranks,
@@ -300,7 +289,7 @@ def default_ranks(cfg: RunConfig, virtual_ranks: int | None) -> Ranks:
     return Ranks.current(cfg.eval.ranks if world < cfg.eval.ranks else None)
 
 
-def job_for(variant: Variant, cfg: RunConfig, ck: Checkpoint, tokens, lut, quirks: Quirks, ranks: Ranks,
+def job_for(variant: Variant, cfg: RunConfig, ck: DequantizedArtifact, tokens, lut, quirks: Quirks, ranks: Ranks,
             backends: dict, cache: dict) -> Job:
     """The settings `variant` runs under: the run's quirks for its own passes; for the others no fake
     quantization and rank-local adaptation, under the same table dtype as every variant (so that every
@@ -338,52 +327,17 @@ def compile_record(job: Job, res: EvalResult) -> dict:
 
 
 def evaluation_inputs(cfg: RunConfig, artifact: Path,
-                      device: torch.device) -> tuple[data.ByteLUT, torch.Tensor, Checkpoint]:
+                      device: torch.device) -> tuple[data.ByteLUT, torch.Tensor, DequantizedArtifact]:
     """What every variant of one call scores with: the byte LUT, the validation stream, the artifact.
 
     A tokenizer other than the data's (or the run's, from the meta.json beside the artifact) would give a
     wrong bpb with a right-looking loss, and a token id outside the vocabulary an index error: both refused.
     """
     lut = data.build_byte_lut(cfg.train.tokenizer_path, cfg.model.vocab_size).to(device)  # vocab size first
-    data.check_tokenizer(cfg.train.tokenizer_path, cfg.train.data_path, Path(artifact).parent / "meta.json")
+    data.check_tokenizer(cfg.train.tokenizer_path, cfg.train.data_path, RunFolder(Path(artifact).parent).meta)
     tokens = data.load_validation_tokens(data.val_pattern(cfg.train.data_path), cfg.eval.eval_seq_len,
                                          cfg.eval.max_val_tokens, cfg.model.vocab_size)
-    return lut, tokens.to(device), Checkpoint(cfg, Path(artifact), device)
-
-
-def _same_origin(entry: dict, sha: str, cfg: RunConfig) -> bool:
-    return entry.get("artifact_sha256") == sha and entry.get("eval_config") == asdict(cfg.eval) \
-        and entry.get("model_config") == asdict(cfg.model)
-
-
-def load_results(path: Path, sha: str, cfg: RunConfig, fresh: bool) -> dict:
-    """Earlier results in `path`, kept only when they scored the same artifact under the same config.
-
-    Anything else is refused (Δs across two models in one table would be meaningless), unless
-    `fresh`, which starts the folder's results over.
-    """
-    if fresh or not path.is_file():
-        return {}
-    from .report import read_results
-
-    results = read_results(path)  # a truncated file is a one-line error naming it
-    other = [n for n, r in results.items() if not _same_origin(r, sha, cfg)]
-    if other:
-        raise ValueError(f"{path}: holds results of another artifact or config ({other[0]}, ...): "
-                         f"use another --out, or --fresh to start its results over")
-    return results
-
-
-RESULT_FILES = ("results.json", "ablation.md", "ablation.csv", "doc_starts.npy")
-
-
-def start_over(out: Path) -> None:
-    """`--fresh`: remove the folder's earlier results first (results.json before anything it lists), so an
-    interruption before the first new variant leaves no old result beside the new files."""
-    for name in RESULT_FILES:
-        (out / name).unlink(missing_ok=True)
-    for name in VARIANTS:
-        (out / f"{name}.npz").unlink(missing_ok=True)
+    return lut, tokens.to(device), DequantizedArtifact(cfg, Path(artifact), device)
 
 
 def check_virtual_ranks(ranks, tokens: torch.Tensor, cfg: RunConfig) -> None:
@@ -394,122 +348,3 @@ def check_virtual_ranks(ranks, tokens: torch.Tensor, cfg: RunConfig) -> None:
         raise ValueError(f"--virtual-ranks {ranks.total}: the stream has only {windows} sliding windows "
                          f"(eval.eval_stride {cfg.eval.eval_stride}), so some ranks would adapt on nothing: "
                          f"use at most {windows}")
-
-
-def evaluate_checkpoint(cfg: RunConfig, artifact: Path, out: Path, variants: list[str], quirks: Quirks = Quirks(),
-                        virtual_ranks: int | None = None, device: str | None = None, fresh: bool = False,
-                        qat_flag_set: bool = True, log=print) -> dict:
-    """Run `variants` on the artifact; write results.json, streams and tables into `out`; return results.
-
-    One process writes into `out` at a time (a lock, as for train and reproduce). Variants already in its
-    results.json for the same artifact and config are kept, not run again (`fresh` starts over). SIGINT
-    and SIGTERM end the call after the variant in flight (KeyboardInterrupt), every file consistent.
-
-    `qat_flag_set`: whether training set late QAT's flag (a run folder's meta.json says; an artifact
-    alone is assumed to come from a run that did, as every published one did). Where it was never
-    set, the run's own passes had no fake quantization to suffer, so the `qat_on` quirk is off.
-    """
-    import contextlib
-
-    from .train import Interrupts
-
-    lock = files.lock_folder(out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
-    with lock, Interrupts() as interrupts:
-        return _evaluate_checkpoint(cfg, artifact, out, variants, quirks, virtual_ranks, device, fresh,
-                                    qat_flag_set, log, interrupts)
-
-
-def _evaluate_checkpoint(cfg, artifact, out, variants, quirks, virtual_ranks, device, fresh, qat_flag_set, log,
-                         interrupts) -> dict:
-    from .report import write_run_tables
-
-    if not qat_flag_set:
-        quirks = dataclasses.replace(quirks, qat_on=False)
-
-    ctx = dist_utils.setup(device)
-    backends = configure_backends(cfg, ctx.device)
-    e = cfg.eval
-    lut, tokens, ck = evaluation_inputs(cfg, artifact, ctx.device)
-    ranks = default_ranks(cfg, virtual_ranks)
-    check_virtual_ranks(ranks, tokens, cfg)
-    out = Path(out)
-    results_path = out / "results.json"
-    results = load_results(results_path, ck.sha256, cfg, fresh)
-    if ctx.is_main:
-        files.output_folder(out)
-        if fresh:
-            start_over(out)
-        # document boundaries (target index of each BOS), for per-document figures
-        bos = torch.nonzero(tokens[1:] == data.BOS_ID).flatten().cpu().numpy()
-        with files.atomic_open(out / "doc_starts.npy") as f:
-            np.save(f, np.unique(np.concatenate([[0], bos])).astype(np.int64))
-    cache: dict = {}
-    size = quant.size_report(artifact)  # the bytes of the artifact scored (the report's column)
-    artifact_size = {"artifact_bytes": size["model_bytes"], "total_bytes": size["total_bytes"]}
-    done = [n for n in variants if "bpb" in results.get(n, {}) and (out / f"{n}.npz").is_file()]
-    if done:
-        log(f"{out}: {', '.join(done)} already scored on this artifact and config: kept (--fresh runs them again)")
-    for name in variants:
-        if name in done:
-            continue
-        if interrupts.any_rank():  # between variants: everything scored so far is written
-            raise KeyboardInterrupt
-        v = VARIANTS[name]
-        job = job_for(v, cfg, ck, tokens, lut, quirks, ranks, backends, cache)
-        if (job.compile or job.compile_dynamic) and not graphs.isolates_recompiles():
-            torch._dynamo.reset()  # torch < 2.13: one cache per code object, so each variant starts it empty
-        try:
-            with heartbeat(log if ctx.is_main else None, name):
-                res, settings = v.run(job)
-        except adapt.DivergedError as err:
-            results[name] = {"legal": v.legal, "legal_reason": v.reason, "error": str(err)}
-            if ctx.is_main:
-                files.write_json(results_path, results)
-                write_run_tables(results, out)
-            raise
-        require_finite(str(artifact), res)  # no NaN score with exit status 0
-        settings = {"quirks": asdict(job.quirks), **job.ranks.describe(), **settings,
-                    "scoring": asdict(e.scoring), "dtypes": table_dtypes(job)}
-        results[name] = {**res.summary(), "legal": v.legal, "legal_reason": v.reason, "description": v.description,
-                         "faithful": v.faithful, "rank_local": v.rank_local, "settings": settings,
-                         "backends": backends, "cpu_threads": torch.get_num_threads(),
-                         "openmp": dict(cpu.decision) or None, "artifact": str(artifact), "artifact_sha256": ck.sha256,
-                         "bits": ck.bits, **artifact_size,
-                         "eval_config": asdict(e), "model_config": asdict(cfg.model), "world_size": ctx.world_size,
-                         "device": str(ctx.device), **compile_record(job, res)}
-        if ctx.is_main:
-            res.save_stream(out / f"{name}.npz")
-            files.write_json(results_path, results)
-            write_run_tables(results, out)
-            log(f"{name:<26} bpb {res.bpb:.5f} loss {res.loss:.5f} ({res.seconds:.1f} s) "
-                f"{'legal' if v.legal else 'NOT LEGAL'}")
-    return results
-
-
-HEARTBEAT_SECONDS = 30.0  # no stage is silent for longer (a record variant on a GPU can take minutes)
-
-
-class heartbeat:
-    """While a long call runs, `log` a line every HEARTBEAT_SECONDS saying it is still running (a thread
-    that only prints: it touches no tensor)."""
-
-    def __init__(self, log, what: str, every: float = HEARTBEAT_SECONDS):
-        import threading
-
-        self.log, self.what, self.every = log, what, every
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._beat, daemon=True)
-
-    def _beat(self) -> None:
-        t0 = time.perf_counter()
-        while not self.done.wait(self.every):
-            self.log(f"{self.what}: still running ({time.perf_counter() - t0:.0f} s)")
-
-    def __enter__(self):
-        if self.log is not None:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.done.set()
-        return False

@@ -28,7 +28,7 @@ def fixture_config(fixture_dir, **eval_over) -> RunConfig:
 def setup(fixture_dir):
     from dyneval import data
     cfg = fixture_config(fixture_dir)
-    ck = variants.Checkpoint(cfg, fixture_dir / "final_model.int6.ptz", torch.device("cpu"))
+    ck = variants.DequantizedArtifact(cfg, fixture_dir / "final_model.int6.ptz", torch.device("cpu"))
     lut = data.build_byte_lut(fixture_dir / "tokenizer.model", 1024)
     tokens = data.load_validation_tokens(str(fixture_dir / "fineweb_val_*.bin"), 128, 2049)
     return cfg, ck, lut, tokens

@@ -22,7 +22,7 @@ def gpu_policy(fixture_dir, tiny_cfg):
     cfg = fixture_config(fixture_dir, **{"eval.gpu_dtypes": "1"})
     cfg = cfg.with_overrides({f"model.{k}": v for k, v in vars(tiny_cfg.model).items()})
     torch.manual_seed(0)
-    ck = variants.Checkpoint.from_state(cfg, GPT(cfg.model).state_dict(), torch.device("cpu"))
+    ck = variants.DequantizedArtifact.from_state(cfg, GPT(cfg.model).state_dict(), torch.device("cpu"))
     lut = data.build_byte_lut(fixture_dir / "tokenizer.model", 1024)
     tokens = data.load_validation_tokens(str(fixture_dir / "fineweb_val_*.bin"), 128, 2049)
     return cfg, ck, lut, tokens

@@ -285,7 +285,7 @@ def test_fresh_interrupted_before_its_first_variant_leaves_no_old_result_behind(
                                                                                    monkeypatch):
     import dataclasses
 
-    from dyneval import variants
+    from dyneval import evaluate_stage, variants
     from dyneval.config import RunConfig
 
     out = tmp_path / "eval"
@@ -297,8 +297,8 @@ def test_fresh_interrupted_before_its_first_variant_leaves_no_old_result_behind(
 
     monkeypatch.setitem(variants.VARIANTS, "sliding", dataclasses.replace(variants.VARIANTS["sliding"], run=interrupted))
     with pytest.raises(KeyboardInterrupt):
-        variants.evaluate_checkpoint(cfg, seed_run / "final_model.int6.ptz", out, ["sliding"], device="cpu", fresh=True,
-                                     log=lambda *_: None)
+        evaluate_stage.evaluate_artifact(cfg, seed_run / "final_model.int6.ptz", out, ["sliding"],
+                                         evaluate_stage.EvalOptions(device="cpu", fresh=True), log=lambda *_: None)
     assert not (out / "results.json").exists() and not (out / "nonoverlap.npz").exists()
 
 
@@ -469,11 +469,11 @@ def test_bench_eval_says_what_it_is_doing_before_each_long_pass(tmp_path, tiny_c
 
 
 def test_a_long_variant_says_it_is_still_running_at_least_every_30_seconds(monkeypatch):
-    from dyneval import variants
+    from dyneval import evaluate_stage
 
     said = []
-    assert variants.HEARTBEAT_SECONDS <= 30
-    with variants.heartbeat(said.append, "dynamic_krause", every=0.05):
+    assert evaluate_stage.HEARTBEAT_SECONDS <= 30
+    with evaluate_stage.heartbeat(said.append, "dynamic_krause", every=0.05):
         time.sleep(0.3)
     n = len(said)
     time.sleep(0.15)

@@ -64,9 +64,9 @@ def test_a_short_cuda_training_run_writes_an_artifact_that_loads_back_and_scores
     assert h[-1]["val_bpb"] < h[0]["val_bpb"] and (tmp_path / "run" / "final_model.int6.ptz").is_file()
     assert meta["env"]["gpus"]
     # the artifact written on the GPU, loaded back and scored there: non-overlapping equals training's round trip
-    from dyneval.variants import evaluate_checkpoint
-    res = evaluate_checkpoint(cfg, tmp_path / "run" / "final_model.int6.ptz", tmp_path / "eval",
-                              ["nonoverlap", "sliding", "dynamic"], device="cuda", log=lambda *_: None)
+    from dyneval.evaluate_stage import EvalOptions, evaluate_artifact
+    res = evaluate_artifact(cfg, tmp_path / "run" / "final_model.int6.ptz", tmp_path / "eval",
+                            ["nonoverlap", "sliding", "dynamic"], EvalOptions(device="cuda"), log=lambda *_: None)
     assert all(0 < res[v]["bpb"] < 20 for v in res)
     assert abs(res["nonoverlap"]["bpb"] - meta["int6_roundtrip"]["bpb"]) < 2e-2  # bf16, compiled vs eager
 

@@ -39,7 +39,7 @@ def test_quantize_write_read_gives_bitwise_the_same_dequantized_tensors(tmp_path
 
 def test_int6_rows_use_the_fp16_scale_and_the_minus32_to_31_range():
     t = torch.randn(70000 // 64, 64) * 2
-    q, s = quant.quantize_int6(t)
+    q, s = quant.quantize_absmax(t)
     assert q.dtype == torch.int8 and s.dtype == torch.float16 and q.min() >= -32 and q.max() <= 31
     assert torch.equal(q, torch.clamp(torch.round(t / s.float()[:, None]), -32, 31).to(torch.int8))
 
