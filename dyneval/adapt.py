@@ -26,9 +26,9 @@ import torch
 from . import distributed as dist_utils
 from .config import DynamicSettings, KrauseSettings, ScoreFirstSettings, Scoring, TailSettings, TTTSettings
 from .distributed import SINGLE, Ranks
-from .evaluate import (EvalResult, Windows, compiled, nonoverlap_windows, reduce_result, score_windows, sliding_windows,
-                       window_batch)
-from .model import GPT
+from .evaluate import (EvalResult, Windows, compiled, model_mode, nonoverlap_windows, reduce_result, score_windows,
+                       sliding_windows, window_batch)
+from .model import GPT, bf16_autocast
 
 
 class DivergedError(FloatingPointError):
@@ -66,7 +66,7 @@ def dynamic_step(fwd, opt, x, y, b: int, adapt_every: int, autocast: bool, name:
     mean CE of the batch's first window as padded. `fwd` runs in train mode (fake quant if on)."""
     if b % adapt_every:
         return
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+    with bf16_autocast(x, autocast):
         loss = fwd(x[:1], y[:1])
     check_finite(loss, name, b)
     opt.zero_grad(set_to_none=True)
@@ -82,10 +82,8 @@ def dynamic_hook(dyn: DynamicSettings, autocast: bool, name: str):
 
     def hook(b, x, y, model):
         opt = opts.setdefault(id(model), torch.optim.SGD(model.parameters(), lr=dyn.lr))
-        was = model.training
-        model.train()
-        dynamic_step(model, opt, x, y, b, dyn.adapt_every, autocast, name)
-        model.train(was)
+        with model_mode(model, training=True):
+            dynamic_step(model, opt, x, y, b, dyn.adapt_every, autocast, name)
 
     return hook
 
@@ -156,7 +154,7 @@ def _lockstep_sgd_epochs(pairs: list[tuple[GPT, Windows]], tokens: torch.Tensor,
                 if not len(w):
                     continue  # a shorter slice contributes zeros to the average, as an idle rank does
                 x, y, _ = window_batch(tokens, w, device)
-                with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+                with bf16_autocast(x, autocast):
                     loss = m(x, y)
                 check_finite(loss, name, epoch * steps + i)
                 loss.backward()
@@ -313,7 +311,7 @@ def gradient_rms(model: GPT, batches, autocast: bool = False) -> dict[str, torch
     count = 0
     for x, y in batches:
         model.zero_grad(set_to_none=True)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        with bf16_autocast(x, autocast):
             loss = model(x, y)
         loss.backward()
         for n, p in model.named_parameters():
@@ -387,7 +385,7 @@ def adapt_dynamic_tail(model: GPT, tokens, lut, scoring: Scoring, tail: TailSett
             w = spans[b]
             lo, hi = int((w.starts + w.score_from).min()), int((w.starts + w.lengths).max())
             tx, ty, mask = window_batch(tokens, tail_windows(lo, hi, seq_len), x.device)
-            with torch.autocast(tx.device.type, dtype=torch.bfloat16, enabled=autocast):
+            with bf16_autocast(tx, autocast):
                 nll = fwd(tx, ty, reduction="none")
             loss = (nll * mask).sum() / mask.sum().clamp_min(1)
             check_finite(loss, name, b)

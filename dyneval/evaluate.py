@@ -12,6 +12,7 @@ tokens[start : start+wlen] and scores targets start+s .. start+wlen-1 (s = its f
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from . import distributed as dist_utils, files
 from .config import Scoring
 from .data import ByteLUT
 from .distributed import SINGLE, Ranks
+from .model import bf16_autocast
 
 STREAM_FIELDS = ("window_start", "first_scored", "num_scored", "nats", "bytes", "rank")
 
@@ -131,7 +133,7 @@ def window_batch(tokens: torch.Tensor, w: Windows, device) -> tuple[torch.Tensor
 
 def score_batch(model, x, y, mask, lut: ByteLUT, autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-window scored nats and bytes (float64, (B,)). Gradients follow the caller's grad mode."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+    with bf16_autocast(x, autocast):
         nll = model(x, y, reduction="none")  # (B, L) float32; `model` may be a compiled wrapper
     nats = (nll.double() * mask).sum(dim=1)
     nbytes = (lut.target_bytes(x, y) * mask).sum(dim=1)
@@ -197,16 +199,26 @@ def score_windows(model, tokens: torch.Tensor, lut: ByteLUT, windows: Windows, b
     return _stream_rows(windows, torch.cat(nats).cpu().numpy(), torch.cat(nbytes).cpu().numpy(), rank)
 
 
+@contextlib.contextmanager
+def model_mode(model, training: bool):
+    """`model` in train (`training`) or eval mode inside the block; the mode it had is restored however the
+    block ends (an exception included)."""
+    was = model.training
+    model.train(training)
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
 def evaluate_windows(name: str, model, tokens, lut, windows: Windows, batch_seqs: int, ranks: Ranks = SINGLE,
                      autocast: bool = False, forward=None) -> EvalResult:
     """Score `windows` in eval mode without adaptation, split across the real ranks, and reduce the sums."""
     t0 = time.perf_counter()
-    was_training = model.training
-    model.eval()
     # No rank-local state here, so virtual ranks would only change the batch composition: real ranks only.
-    rows = score_windows(model, tokens, lut, windows.for_rank(ranks.rank, ranks.world), batch_seqs, ranks.rank,
-                         autocast=autocast, forward=forward)
-    model.train(was_training)
+    with model_mode(model, training=False):
+        rows = score_windows(model, tokens, lut, windows.for_rank(ranks.rank, ranks.world), batch_seqs, ranks.rank,
+                             autocast=autocast, forward=forward)
     return reduce_result(name, [rows], time.perf_counter() - t0)
 
 

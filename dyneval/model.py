@@ -16,11 +16,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelConfig, is_control
+from .sections import ModelConfig
 
 
 def rms(x: Tensor) -> Tensor:
     return F.rms_norm(x, (x.size(-1),))
+
+
+# Names whose tensors are "control" tensors in the run: kept fp32, trained by the scalar AdamW,
+# passed through by the exporter (record script, CONTROL_TENSOR_NAME_PATTERNS).
+CONTROL_PATTERNS = ("attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix",
+                    "resid_mixes", "q_gain", "skip_weight", "skip_weights", "smear")
+
+
+def is_control(name: str) -> bool:
+    """A control tensor of the model (a gain, a mix, a skip weight), by the record script's naming rule."""
+    return any(p in name for p in CONTROL_PATTERNS)
+
+
+def bf16_autocast(like: Tensor, enabled: bool):
+    """bf16 autocast on the device of `like` when `enabled` (the GPU dtype policy's matmuls), else a no-op:
+    every forward of training, scoring and adaptation runs under it."""
+    return torch.autocast(like.device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def fake_quantize_int6(w: Tensor) -> Tensor:

@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 
 from . import distributed as dist_utils
-from .config import OptimConfig, is_control
-from .model import GPT
+from .config import OptimConfig
+from .model import GPT, is_control
 
 # Quintic Newton-Schulz coefficients (Keller Jordan's Muon; the record script's values).
 NS_COEFFS = (3.4445, -4.7750, 2.0315)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import files
-from .config import is_control
+from .model import is_control
 from .runfolder import RunFolder
 
 PASSTHROUGH_MAX_NUMEL = 65_536  # tensors this small are stored as fp16 as is (the run's threshold)

@@ -29,7 +29,7 @@ from .config import RunConfig, switch_on
 from .distributed import Context, Ranks
 from .evaluate import evaluate_nonoverlap, require_finite
 from .export import export
-from .model import GPT, apply_dtype_policy, configure_backends, load_weights, set_numerics
+from .model import GPT, apply_dtype_policy, bf16_autocast, configure_backends, load_weights, set_numerics
 from .optim import Optimizers, build_optimizers, lr_scale, muon_momentum, zeropower_via_newtonschulz5
 from .runfolder import CHECKPOINT, EVAL_DIR, EXPORT, FINAL_WEIGHTS, META, SIZE_REPORT, TRAIN_LOG
 
@@ -98,7 +98,7 @@ def accumulate(model, next_batch, grad_accum: int, world_size: int, autocast: bo
         if world_size > 1:
             model.require_backward_grad_sync = micro == grad_accum - 1
         x, y = next_batch()
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        with bf16_autocast(x, autocast):
             loss = model(x, y)
         (loss / grad_accum).backward()
         total = loss.detach() if total is None else total + loss.detach()
@@ -338,7 +338,7 @@ def prime_compiled(tr: Trainer, st: TrainState, phase: str) -> None:
     before = tr.total_graphs()
     tc = tr.cfg.train
     x = torch.zeros(tr.local_tokens // tc.train_seq_len, tc.train_seq_len, dtype=torch.long, device=tr.ctx.device)
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=tr.autocast):
+    with bf16_autocast(x, tr.autocast):
         tr.model(x, x.clone()).backward()  # two tensors, as a step's: dynamo guards on inputs aliasing
     st.opts.zero_grad()
     tr.count_graphs(phase, before)

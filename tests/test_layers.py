@@ -32,8 +32,8 @@ STAGES = {"__main__", "train", "export", "evaluate_stage", "legality", "report",
 LIBRARY = {
     # 0: files, threads, collectives, and the run folder's layout
     "files": 0, "cpu": 0, "distributed": 0, "runfolder": 0, "__init__": 0,
-    # 1: configuration (the stage dataclasses and presets, overrides and provenance, the environment shim)
-    "config": 1, "overrides": 1, "environ": 1,
+    # 1: configuration (the stage dataclasses and coercion, presets, the environment shim, resolution)
+    "sections": 1, "presets": 1, "environ": 1, "config": 1,
     # 2: what a run is made of: data, the model, the quantizer and artifact format
     "data": 2, "corpus": 2, "graphs": 2, "model": 2, "quant": 2,
     # 3: optimizers and scoring
