@@ -331,9 +331,55 @@ def tail_windows(lo: int, hi: int, seq_len: int) -> Windows:
     return Windows(starts, ends - starts, np.maximum(lo, starts) - starts, seq_len)
 
 
+KRAUSE_EPS = 1e-5  # ε of Krause et al.'s lr·g/(MS+ε): keeps parameters with no gradient signal finite
+
+
+class TailUpdate:
+    """The update `adapt_dynamic_tail` makes on one model copy: fp32 master copies of the adapted tensors
+    (`subset`), stepped by plain SGD or Krause's rule, written back in the model's own dtype."""
+
+    def __init__(self, m: GPT, tail: TailSettings | KrauseSettings, rms_stats: dict | None, name: str):
+        self.lr = tail.lr
+        self.decay = tail.decay if isinstance(tail, KrauseSettings) else 0.0
+        keep = PARAM_SUBSETS[tail.subset]
+        if tail.subset == "lora":
+            if rms_stats is not None:
+                raise ValueError(f"{name}: Krause statistics do not cover low-rank adapters: use plain SGD with lora")
+            add_low_rank_adapters(m, tail.lora_rank if isinstance(tail, TailSettings) else 0)
+        self.named = [(n, p) for n, p in m.named_parameters() if keep(n)]
+        for n, p in m.named_parameters():
+            p.requires_grad_(keep(n))
+        self.master = [p.detach().float().clone() for _, p in self.named]
+        self.origin = [t.clone() for t in self.master]
+        self.scale = []  # per tensor (1 / (MS + ε), d): Krause's normalisation and decay weights
+        if rms_stats is not None:
+            mean_ms = torch.cat([rms_stats[n].flatten() for n, _ in self.named]).mean()
+            for n, p in self.named:
+                ms = rms_stats[n].to(p.device)
+                d = (ms / mean_ms).clamp_max(1.0 / self.decay) if self.decay > 0 else torch.zeros_like(ms)
+                self.scale.append((1.0 / (ms + KRAUSE_EPS), d))
+
+    @property
+    def params(self) -> list:
+        return [p for _, p in self.named]
+
+    @torch.no_grad()
+    def apply(self, grads) -> None:
+        for i, ((_, p), g) in enumerate(zip(self.named, grads)):
+            if g is None:
+                continue
+            if self.scale:
+                inv, d = self.scale[i]
+                self.master[i].add_(g.float() * inv, alpha=-self.lr)
+                self.master[i].add_(d * self.decay * (self.origin[i] - self.master[i]))
+            else:
+                self.master[i].add_(g.float(), alpha=-self.lr)
+            p.copy_(self.master[i])
+
+
 def adapt_dynamic_tail(model: GPT, tokens, lut, scoring: Scoring, tail: TailSettings | KrauseSettings,
-                       ranks: Ranks = SINGLE, *, rms_stats: dict | None = None, eps: float = 1e-5,
-                       autocast: bool = False, compile=False, name: str = "dynamic_tail") -> EvalResult:
+                       ranks: Ranks = SINGLE, *, rms_stats: dict | None = None, autocast: bool = False, compile=False,
+                       name: str = "dynamic_tail") -> EvalResult:
     """Improved dynamic eval (legal): after every batch, one step on exactly the targets it just scored.
 
     Scoring is `evaluate_sliding`'s (eval mode: no fake quantization). Batch b scores a contiguous
@@ -350,60 +396,28 @@ def adapt_dynamic_tail(model: GPT, tokens, lut, scoring: Scoring, tail: TailSett
     measured on training batches -- the update normalised per parameter, pulled back toward the
     trained weights so that a long stream does not drift.
     """
-    lr, subset = tail.lr, tail.subset
-    decay = tail.decay if isinstance(tail, KrauseSettings) else 0.0
-    lora_rank = tail.lora_rank if isinstance(tail, TailSettings) else 0
-    seq_len = scoring.seq_len
     t0 = time.perf_counter()
-    windows = sliding_windows(tokens.numel() - 1, seq_len, scoring.stride)
-    keep = PARAM_SUBSETS[subset]
+    windows = sliding_windows(tokens.numel() - 1, scoring.seq_len, scoring.stride)
     parts = []
     for v, m in rank_copies(model, ranks):
         m.eval()
-        if subset == "lora":
-            if rms_stats is not None:
-                raise ValueError(f"{name}: Krause statistics do not cover low-rank adapters: use plain SGD with lora")
-            add_low_rank_adapters(m, lora_rank)
-        named = [(n, p) for n, p in m.named_parameters() if keep(n)]
-        for n, p in m.named_parameters():
-            p.requires_grad_(keep(n))
-        master = [p.detach().float().clone() for _, p in named]
-        origin = [t.clone() for t in master]
-        scale = []
-        if rms_stats is not None:
-            mean_ms = torch.cat([rms_stats[n].flatten() for n, _ in named]).mean()
-            for n, p in named:
-                ms = rms_stats[n].to(p.device)
-                d = (ms / mean_ms).clamp_max(1.0 / decay) if decay > 0 else torch.zeros_like(ms)
-                scale.append((1.0 / (ms + eps), d))
+        update = TailUpdate(m, tail, rms_stats, name)
         fwd = compiled(m, compile)
         mw = windows.for_rank(v, ranks.total)
-        batch_seqs = scoring.batch_seqs
-        spans = [mw.slice(lo, lo + batch_seqs) for lo in range(0, len(mw), batch_seqs)]
+        spans = [mw.slice(lo, lo + scoring.batch_seqs) for lo in range(0, len(mw), scoring.batch_seqs)]
 
-        def step(b, x, y, fwd=fwd, named=named, master=master, origin=origin, scale=scale, spans=spans):
+        def step(b, x, y, fwd=fwd, update=update, spans=spans):
             w = spans[b]
             lo, hi = int((w.starts + w.score_from).min()), int((w.starts + w.lengths).max())
-            tx, ty, mask = window_batch(tokens, tail_windows(lo, hi, seq_len), x.device)
+            tx, ty, mask = window_batch(tokens, tail_windows(lo, hi, scoring.seq_len), x.device)
             with bf16_autocast(tx, autocast):
                 nll = fwd(tx, ty, reduction="none")
             loss = (nll * mask).sum() / mask.sum().clamp_min(1)
             check_finite(loss, name, b)
-            grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
-            with torch.no_grad():
-                for i, ((_, p), g) in enumerate(zip(named, grads)):
-                    if g is None:
-                        continue
-                    if scale:
-                        inv, d = scale[i]
-                        master[i].add_(g.float() * inv, alpha=-lr)
-                        master[i].add_(d * decay * (origin[i] - master[i]))
-                    else:
-                        master[i].add_(g.float(), alpha=-lr)
-                    p.copy_(master[i])
+            update.apply(torch.autograd.grad(loss, update.params, allow_unused=True))
 
         try:
-            parts.append(score_windows(m, tokens, lut, mw, batch_seqs, v, step, autocast, fwd))
+            parts.append(score_windows(m, tokens, lut, mw, scoring.batch_seqs, v, step, autocast, fwd))
         finally:
             for p in m.parameters():
                 p.requires_grad_(True)
