@@ -123,10 +123,17 @@ def adapt_dynamic(model: GPT, tokens, lut, scoring: Scoring, dyn: DynamicSetting
 # ----------------------------------------------------------------------------------------------
 # The run's pre-eval TTT (not valid)
 
-def _lockstep_sgd_epochs(pairs: list[tuple[GPT, Windows]], tokens: torch.Tensor, num_ranks: int, *,
-                         params: dict[int, list], opts: dict[int, torch.optim.Optimizer], epochs: int,
-                         batch_seqs: int, grad_clip: float, autocast: bool, name: str) -> None:
-    """Epochs of SGD over each (model, slice) pair, one pair per rank this process handles, with the
+@dataclass
+class Learner:
+    """One model copy's trainable tensors and its optimizer (TTT)."""
+
+    params: list
+    opt: torch.optim.Optimizer
+
+
+def _lockstep_sgd_epochs(pairs: list[tuple[GPT, Windows]], tokens: torch.Tensor, num_ranks: int,
+                         learners: dict[int, Learner], ttt: TTTSettings, *, autocast: bool, name: str) -> None:
+    """`ttt.epochs` of SGD over each (model, slice) pair, one pair per rank this process handles, with the
     gradient averaged over all `num_ranks` ranks as the run's all-reduce does.
 
     At step i, rank k contributes the mean CE of its i-th batch of sequences; every rank then applies
@@ -134,23 +141,20 @@ def _lockstep_sgd_epochs(pairs: list[tuple[GPT, Windows]], tokens: torch.Tensor,
     emulated ranks' gradients accumulate into its buffers; when each rank has its own copy (a dynamic
     eval ran between the steps), the copies' gradients are summed in rank order -- the same float
     additions -- and the average is given to every copy, each stepping its own optimizer.
+    `learners` maps id(model) to its Learner; `ttt` gives the epochs, batch size and clip.
     """
     models = list({id(m): m for m, _ in pairs}.values())
-    first = params[id(models[0])]
-    device = first[0].device
-    steps = max((len(w) + batch_seqs - 1) // batch_seqs for _, w in pairs) if pairs else 0
+    device = learners[id(models[0])].params[0].device
+    steps = max((len(w) + ttt.batch_seqs - 1) // ttt.batch_seqs for _, w in pairs) if pairs else 0
     steps = int(dist_utils.max_over_ranks(steps))  # every process takes the same number of steps
     for m in models:
         m.train()
-    for epoch in range(epochs):
+    for epoch in range(ttt.epochs):
         for i in range(steps):
             for m in models:
-                opts[id(m)].zero_grad(set_to_none=False)
-                for p in params[id(m)]:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
+                _zero_grads(learners[id(m)])
             for m, w in pairs:
-                w = w.slice(i * batch_seqs, (i + 1) * batch_seqs)
+                w = w.slice(i * ttt.batch_seqs, (i + 1) * ttt.batch_seqs)
                 if not len(w):
                     continue  # a shorter slice contributes zeros to the average, as an idle rank does
                 x, y, _ = window_batch(tokens, w, device)
@@ -158,19 +162,34 @@ def _lockstep_sgd_epochs(pairs: list[tuple[GPT, Windows]], tokens: torch.Tensor,
                     loss = m(x, y)
                 check_finite(loss, name, epoch * steps + i)
                 loss.backward()
-            for other in models[1:]:
-                for p, q in zip(first, params[id(other)]):
-                    p.grad.add_(q.grad)
-            for p in first:
-                dist_utils.all_reduce_(p.grad)
-                p.grad.div_(num_ranks)
-            for other in models[1:]:
-                for p, q in zip(first, params[id(other)]):
-                    q.grad.copy_(p.grad)
+            _average_grads([learners[id(m)].params for m in models], num_ranks)
             for m in models:
-                if grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params[id(m)], grad_clip)
-                opts[id(m)].step()
+                if ttt.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(learners[id(m)].params, ttt.grad_clip)
+                learners[id(m)].opt.step()
+
+
+def _zero_grads(learner: Learner) -> None:
+    """Zeroed gradient buffers (not None), so a rank with nothing to train on adds zeros to the average."""
+    learner.opt.zero_grad(set_to_none=False)
+    for p in learner.params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
+def _average_grads(param_lists: list[list], num_ranks: int) -> None:
+    """The copies' gradients summed in order into the first's, all-reduced and divided by the rank count,
+    then given back to every copy (the run's all-reduce average)."""
+    first = param_lists[0]
+    for other in param_lists[1:]:
+        for p, q in zip(first, other):
+            p.grad.add_(q.grad)
+    for p in first:
+        dist_utils.all_reduce_(p.grad)
+        p.grad.div_(num_ranks)
+    for other in param_lists[1:]:
+        for p, q in zip(first, other):
+            q.grad.copy_(p.grad)
 
 
 def pre_eval_ttt(model: GPT, tokens, seq_len: int, ttt: TTTSettings, ranks: Ranks = SINGLE, *,
@@ -193,9 +212,7 @@ def pre_eval_ttt(model: GPT, tokens, seq_len: int, ttt: TTTSettings, ranks: Rank
     opt = torch.optim.SGD(params, lr=ttt.lr, momentum=ttt.momentum)
     try:
         _lockstep_sgd_epochs([(model, seqs.for_rank(v, ranks.total)) for v in ranks.mine()], tokens, ranks.total,
-                             params={id(model): params}, opts={id(model): opt}, epochs=ttt.epochs,
-                             batch_seqs=ttt.batch_seqs, grad_clip=ttt.grad_clip, autocast=autocast,
-                             name="pre_eval_ttt")
+                             {id(model): Learner(params, opt)}, ttt, autocast=autocast, name="pre_eval_ttt")
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -229,8 +246,8 @@ def score_first_ttt(model: GPT, tokens, lut, scoring: Scoring, sf: ScoreFirstSet
     chunk_of = np.minimum(first // sf.chunk_tokens, num_chunks - 1)
     copies = rank_copies(model, ranks) if dynamic else [(v, model) for v in ranks.mine()]
     models = list({id(m): m for _, m in copies}.values())
-    params = {id(m): list(m.parameters()) for m in models}
-    opts = {id(m): torch.optim.SGD(params[id(m)], lr=ttt.lr, momentum=ttt.momentum) for m in models}
+    learners = {id(m): Learner(list(m.parameters()), torch.optim.SGD(m.parameters(), lr=ttt.lr, momentum=ttt.momentum))
+                for m in models}
     hook = dynamic_hook(dynamic, autocast, name) if dynamic else None
     scored_end = 0
     parts = []
@@ -254,12 +271,11 @@ def score_first_ttt(model: GPT, tokens, lut, scoring: Scoring, sf: ScoreFirstSet
         L = scoring.seq_len
         seqs = Windows(lo + np.arange(n_seq, dtype=np.int64) * L, np.full(n_seq, L, dtype=np.int64),
                        np.zeros(n_seq, dtype=np.int64), L)
-        for opt in opts.values():  # the merged records' cosine decay of the TTT lr over chunks
-            for g in opt.param_groups:
+        for learner in learners.values():  # the merged records' cosine decay of the TTT lr over chunks
+            for g in learner.opt.param_groups:
                 g["lr"] = ttt.lr * 0.5 * (1 + math.cos(math.pi * c / max(num_chunks - 1, 1)))
         _lockstep_sgd_epochs([(m, seqs.for_rank(v, ranks.total)) for v, m in copies], tokens, ranks.total,
-                             params=params, opts=opts, epochs=ttt.epochs, batch_seqs=ttt.batch_seqs,
-                             grad_clip=ttt.grad_clip, autocast=autocast, name=name)
+                             learners, ttt, autocast=autocast, name=name)
     for m in models:
         for p in m.parameters():
             p.grad = None

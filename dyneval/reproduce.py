@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import time
 import traceback
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import files
@@ -124,7 +126,8 @@ def reproduce(profile: str, seeds: list[int], out: str | Path, overrides: list[s
     with files.lock_folder(out):
         files.write_json(out / "reproduce.json", {"profile": profile, "seeds": list(seeds), "overrides": list(overrides),
                                                    "seed_overrides": {str(k): v for k, v in (seed_overrides or {}).items()}})
-        return _reproduce(profile, seeds, out, overrides, seed_overrides, figures, timeout, data_root, fresh, log)
+        return _reproduce(Reproduction(profile, list(seeds), out, list(overrides), dict(seed_overrides or {}), figures,
+                                       timeout, str(Path(data_root).resolve()), fresh, log))
 
 
 def check_seeds(seeds: list[int], overrides=(), seed_overrides: dict | None = None) -> None:
@@ -146,67 +149,104 @@ def check_seeds(seeds: list[int], overrides=(), seed_overrides: dict | None = No
                              f"train the same model for every seed): use --seeds N")
 
 
-def _reproduce(profile, seeds, out: Path, overrides, seed_overrides, figures, timeout, data_root, fresh, log) -> dict:
-    import shutil
+@dataclass(frozen=True)
+class Reproduction:
+    """What one `reproduce` call was asked for (`reproduce`'s arguments, resolved)."""
 
+    profile: str
+    seeds: list
+    out: Path
+    overrides: list
+    seed_overrides: dict
+    figures: Path
+    timeout: int
+    data_root: str  # absolute
+    fresh: bool
+    log: typing.Callable
+
+    def overrides_of(self, seed: int) -> list[str]:
+        return list(self.overrides) + list(self.seed_overrides.get(seed, []))
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.out / f"seed{seed}"
+
+
+def _reproduce(r: Reproduction) -> dict:
+    stale = _stale_seeds(r)  # decided before running anything
+    summary = {"done": [], "skipped": [], "failed": {}}
+    seed_seconds: list[float] = []  # for the estimate of the time left, printed after each seed
+    t_all = time.perf_counter()
+    for i, seed in enumerate(r.seeds, 1):
+        seconds = _run_seed(r, i, seed, stale, summary)
+        if seconds is None:
+            continue
+        seed_seconds.append(seconds)
+        left = sum(1 for s in r.seeds[i:] if not seed_complete(r.seed_dir(s)) or s in stale)
+        eta = f"; about {left * sum(seed_seconds) / len(seed_seconds) / 60:.0f} min for the {left} left" if left else ""
+        r.log(f"[{i}/{len(r.seeds)}] seed {seed} done in {seed_seconds[-1]:.0f} s{eta}")
+    r.log("report ...")
+    try:
+        run_notebook("05_report", r.out / "notebooks", {"runs_root": str(r.out), "figures_dir": str(r.figures)},
+                     r.timeout, r.log)
+    except Exception as e:  # e.g. seeds that may not be averaged: the report's own one line
+        raise ValueError(f"report: {_error_line(e)} (notebook {r.out / 'notebooks' / '05_report.ipynb'})") from None
+    summary["seconds"] = time.perf_counter() - t_all
+    r.log(f"reproduce: {len(summary['done'])} run, {len(summary['skipped'])} skipped, {len(summary['failed'])} failed "
+          f"in {summary['seconds']:.0f} s; tables and figures in {r.figures}")
+    return summary
+
+
+def _stale_seeds(r: Reproduction) -> dict[int, str]:
+    """Complete seeds that are not the run asked for, and why; refused unless `fresh`."""
     from .notebook import make_config
 
     stale = {}
-    for seed in seeds:  # decide before running anything
-        seed_dir = out / f"seed{seed}"
-        over = list(overrides) + list((seed_overrides or {}).get(seed, []))
-        why = seed_complete(seed_dir) and seed_differs(seed_dir, make_config(profile, seed, ", ".join(over),
-                                                                             str(Path(data_root).resolve())))
-        if why and not fresh:
+    for seed in r.seeds:
+        seed_dir = r.seed_dir(seed)
+        why = seed_complete(seed_dir) and seed_differs(seed_dir, make_config(r.profile, seed,
+                                                                             ", ".join(r.overrides_of(seed)),
+                                                                             r.data_root))
+        if why and not r.fresh:
             raise ValueError(f"seed {seed}: {seed_dir} holds a complete run, but {why}: pass --fresh to delete it "
                              f"and run it again, or choose another --out")
         if why:
             stale[seed] = why
-    summary = {"done": [], "skipped": [], "failed": {}}
-    seed_seconds: list[float] = []  # for the estimate of the time left, printed after each seed
-    t_all = time.perf_counter()
-    for i, seed in enumerate(seeds, 1):
-        seed_dir = out / f"seed{seed}"
-        if seed in stale:
-            log(f"[{i}/{len(seeds)}] seed {seed}: {stale[seed]}: --fresh: deleting {seed_dir} and running it again")
-            shutil.rmtree(seed_dir)
-        elif seed_complete(seed_dir):
-            log(f"[{i}/{len(seeds)}] seed {seed}: complete, skipped")
-            summary["skipped"].append(seed)
-            continue
-        failed = RunFolder(seed_dir).failed
-        if failed.is_file():
-            failed.unlink()
-        over = list(overrides) + list((seed_overrides or {}).get(seed, []))
-        params = {"profile": profile, "seed": seed, "run_dir": str(seed_dir), "overrides": ", ".join(over),
-                  "data_root": str(Path(data_root).resolve())}
-        log(f"[{i}/{len(seeds)}] seed {seed} -> {seed_dir}")
-        t0 = time.perf_counter()
-        try:
-            for name in SEED_NOTEBOOKS:
-                run_notebook(name, seed_dir / "notebooks", params, timeout, log)
-        except Exception as e:  # a failed seed must not sink the others
-            seed_dir.mkdir(parents=True, exist_ok=True)
-            err = _error_line(e)
-            files.write_json(failed, {"seed": seed, "error": err, "overrides": over,
-                                      "traceback": traceback.format_exc()[-4000:]}, indent=1)
-            summary["failed"][seed] = err
-            log(f"[{i}/{len(seeds)}] seed {seed} FAILED: {err}")
-            continue
-        summary["done"].append(seed)
-        seed_seconds.append(time.perf_counter() - t0)
-        left = sum(1 for s in seeds[i:] if not seed_complete(out / f"seed{s}") or s in stale)
-        eta = f"; about {left * sum(seed_seconds) / len(seed_seconds) / 60:.0f} min for the {left} left" if left else ""
-        log(f"[{i}/{len(seeds)}] seed {seed} done in {seed_seconds[-1]:.0f} s{eta}")
-    log("report ...")
+    return stale
+
+
+def _run_seed(r: Reproduction, i: int, seed: int, stale: dict, summary: dict) -> float | None:
+    """Seed `seed`'s notebooks 01-04 into its folder; its seconds, or None when skipped or failed (recorded)."""
+    import shutil
+
+    seed_dir, n = r.seed_dir(seed), len(r.seeds)
+    if seed in stale:
+        r.log(f"[{i}/{n}] seed {seed}: {stale[seed]}: --fresh: deleting {seed_dir} and running it again")
+        shutil.rmtree(seed_dir)
+    elif seed_complete(seed_dir):
+        r.log(f"[{i}/{n}] seed {seed}: complete, skipped")
+        summary["skipped"].append(seed)
+        return None
+    failed = RunFolder(seed_dir).failed
+    if failed.is_file():
+        failed.unlink()
+    over = r.overrides_of(seed)
+    params = {"profile": r.profile, "seed": seed, "run_dir": str(seed_dir), "overrides": ", ".join(over),
+              "data_root": r.data_root}
+    r.log(f"[{i}/{n}] seed {seed} -> {seed_dir}")
+    t0 = time.perf_counter()
     try:
-        run_notebook("05_report", out / "notebooks", {"runs_root": str(out), "figures_dir": str(figures)}, timeout, log)
-    except Exception as e:  # e.g. seeds that may not be averaged: the report's own one line
-        raise ValueError(f"report: {_error_line(e)} (notebook {out / 'notebooks' / '05_report.ipynb'})") from None
-    summary["seconds"] = time.perf_counter() - t_all
-    log(f"reproduce: {len(summary['done'])} run, {len(summary['skipped'])} skipped, {len(summary['failed'])} failed "
-        f"in {summary['seconds']:.0f} s; tables and figures in {figures}")
-    return summary
+        for name in SEED_NOTEBOOKS:
+            run_notebook(name, seed_dir / "notebooks", params, r.timeout, r.log)
+    except Exception as e:  # a failed seed must not sink the others
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        err = _error_line(e)
+        files.write_json(failed, {"seed": seed, "error": err, "overrides": over,
+                                  "traceback": traceback.format_exc()[-4000:]}, indent=1)
+        summary["failed"][seed] = err
+        r.log(f"[{i}/{n}] seed {seed} FAILED: {err}")
+        return None
+    summary["done"].append(seed)
+    return time.perf_counter() - t0
 
 
 def parse_seed_sets(items: list[str] | None) -> dict[int, list[str]]:
