@@ -238,14 +238,13 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    from . import distributed
-    from .evaluate_stage import EvalOptions, evaluate_artifact
-    from .runfolder import RESULTS, RunFolder
-    from .variants import parse_quirks, parse_variants
+def scored_artifact(args, command: str):
+    """evaluate's and legality's input: (config, run folder or None, artifact) from --run-dir or --artifact,
+    with --data and --tokenizer as overrides of the data paths."""
+    from .runfolder import RunFolder
 
     if not (args.run_dir or args.artifact):
-        raise ValueError("evaluate needs --run-dir RUN (a training run folder) or --artifact FILE")
+        raise ValueError(f"{command} needs --run-dir RUN (a training run folder) or --artifact FILE")
     if args.run_dir and args.artifact:
         raise ValueError("give either --run-dir or --artifact, not both")
     args.set = (args.set or []) + [f"train.data_path={args.data}"] * bool(args.data) \
@@ -253,6 +252,16 @@ def cmd_evaluate(args) -> int:
     cfg = resolved(args).config
     run = RunFolder(args.run_dir) if args.run_dir else None
     artifact = run.latest_artifact() if run else Path(args.artifact)  # the run's latest export
+    return cfg, run, artifact
+
+
+def cmd_evaluate(args) -> int:
+    from . import distributed
+    from .evaluate_stage import EvalOptions, evaluate_artifact
+    from .runfolder import RESULTS
+    from .variants import parse_quirks, parse_variants
+
+    cfg, run, artifact = scored_artifact(args, "evaluate")
     variants = parse_variants(args.variants)
     options = EvalOptions(quirks=parse_quirks(args.quirks or ""), virtual_ranks=args.virtual_ranks, device=args.device,
                           fresh=args.fresh, qat_flag_set=run.qat_flag_set() if run else True)
@@ -269,18 +278,9 @@ def cmd_evaluate(args) -> int:
 
 def cmd_legality(args) -> int:
     from . import distributed, legality
-    from .runfolder import RunFolder
     from .variants import parse_quirks
 
-    if not (args.run_dir or args.artifact):
-        raise ValueError("legality needs --run-dir RUN (a training run folder) or --artifact FILE")
-    if args.run_dir and args.artifact:
-        raise ValueError("give either --run-dir or --artifact, not both")
-    args.set = (args.set or []) + [f"train.data_path={args.data}"] * bool(args.data) \
-        + [f"train.tokenizer_path={args.tokenizer}"] * bool(args.tokenizer)
-    cfg = resolved(args).config
-    run = RunFolder(args.run_dir) if args.run_dir else None
-    artifact = run.latest_artifact() if run else Path(args.artifact)  # the run's latest export
+    cfg, run, artifact = scored_artifact(args, "legality")
     plugins = [v for f in args.plugin or [] for v in legality.load_plugin(f)]
     variants = legality.select_variants(args.variants, plugins)
     qat_flag_set = run.qat_flag_set() if run else True

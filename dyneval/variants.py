@@ -246,7 +246,8 @@ VARIANTS = {v.name: v for v in [
             "score-first TTT with the run's dynamic-eval step while scoring (the run's quirks off, as for TTT)",
             score_first(with_dynamic=True)),
     Variant("dynamic_tail", True, LEGAL, False, True,
-            "improved: a step after every batch on all its scored targets, fp32 master weights, no fake quant",
+            "dynamic eval on each batch's tail: after scoring a batch, one SGD step on exactly the targets it just "
+            "scored (fp32 master weights, no fake quant)",
             tail()),
     Variant("dynamic_tail_mlp", True, LEGAL, False, True,
             "dynamic_tail restricted to the MLP weights", tail("mlp", "dynamic_tail_mlp")),
