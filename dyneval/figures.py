@@ -42,13 +42,15 @@ def legend(ax) -> None:
 
 
 def save(fig, out: Path, name: str) -> list[Path]:
-    """`<out>/<name>.png` and `.svg` without dates or software versions (byte-identical reruns); closes `fig`."""
+    """`<out>/<name>.png` and `.svg` without dates or software versions (byte-identical reruns); a pyplot
+    figure is closed after (one made with `matplotlib.figure.Figure` has no window to close)."""
     paths = [out / f"{name}.png", out / f"{name}.svg"]
     fig.savefig(paths[0], metadata={"Software": None})
     fig.savefig(paths[1], metadata={"Date": None, "Creator": None})
-    import matplotlib.pyplot as plt
+    if fig.canvas.manager is not None:
+        import matplotlib.pyplot as plt
 
-    plt.close(fig)
+        plt.close(fig)
     return paths
 
 

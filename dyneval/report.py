@@ -293,14 +293,12 @@ def _p(p: float) -> str:
 # ----------------------------------------------------------------------------------------------
 # Figures: the data each `figures.plot_*` draws, and the files
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _figure(figsize: tuple[float, float]):
+    """A figure outside pyplot (no backend chosen, none switched: a notebook's inline plots stay inline)."""
+    from matplotlib.figure import Figure
 
     figures.style()
-    return plt
+    return Figure(figsize=figsize)
 
 
 def ordered_stream(path: Path) -> dict:
@@ -353,9 +351,9 @@ def cumulative_data(runs: dict) -> dict:
 
 def figure_cumulative(runs: dict, out: Path) -> list[Path]:
     """Cumulative bpb along the stream per variant (first seed), and its gap to sliding (mean over seeds)."""
-    plt = _plt()
     d = cumulative_data(runs)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = _figure((11, 4))
+    a, b = fig.subplots(1, 2)
     figures.plot_cumulative(a, d["curves"], d["legal"], d["seed"])
     figures.plot_gap_to_sliding(b, d["grid"], d["gaps"], d["legal"], d["num_seeds"])
     fig.tight_layout()
@@ -382,8 +380,8 @@ def chunk_delta_data(runs: dict, num_chunks: int = 16) -> dict:
 
 def figure_chunk_delta(runs: dict, out: Path, num_chunks: int = 16) -> list[Path]:
     """Δbpb vs sliding per chunk of the stream, mean over seeds (where adaptation gains or loses)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = _figure((7, 4))
+    ax = fig.subplots()
     figures.plot_chunk_delta(ax, **chunk_delta_data(runs, num_chunks))
     return figures.save(fig, out, "delta_per_chunk")
 
@@ -418,8 +416,8 @@ def document_gain_data(runs: dict, min_bytes: float = 500.0) -> dict:
 
 def figure_documents(runs: dict, out: Path, min_bytes: float = 500.0) -> list[Path]:
     """Per-document Δbpb vs sliding (`document_gain_data`)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = _figure((7, 4))
+    ax = fig.subplots()
     figures.plot_document_gains(ax, **document_gain_data(runs, min_bytes))
     return figures.save(fig, out, "per_document_gain")
 
@@ -442,8 +440,8 @@ def training_data(runs: dict) -> dict:
 
 
 def figure_training(runs: dict, out: Path) -> list[Path]:
-    plt = _plt()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig = _figure((9, 3.6))
+    a, b = fig.subplots(1, 2)
     figures.plot_training_curves(a, b, **training_data(runs))
     fig.tight_layout()
     return figures.save(fig, out, "training_curves")
@@ -501,8 +499,8 @@ def eval_budget_data(runs: dict) -> dict:
 
 def figure_eval_budget(runs: dict, out: Path) -> list[Path]:
     """`eval_budget.png/.svg`: the eval-time frontier of the aggregated table (`figures.plot_eval_budget`)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig = _figure((7.5, 4.8))
+    ax = fig.subplots()
     figures.plot_eval_budget(ax, **eval_budget_data(runs))
     fig.tight_layout()
     return figures.save(fig, out, "eval_budget")

@@ -175,3 +175,17 @@ def test_reproduce_and_report_with_another_out_write_their_tables_there_and_leav
     assert main(["report", "--runs", str(tmp_path / "x")]) == 0
     assert Path(asked[-1][1]) == tmp_path / "x" / "figures"
     assert project_figures() == before
+
+
+def test_notebook_04_takes_every_variant_description_from_the_registry_and_states_no_chunk_size_of_its_own():
+    """04 once carried a third copy of the variants' descriptions, saying "32k-token chunk" where the smoke
+    profile scores 4,096-token chunks: the descriptions come from `variants.VARIANTS`, the sizes from the config."""
+    import re
+
+    from dyneval.variants import VARIANTS
+    text = (REPO / "notebooks" / "04_evaluate.py").read_text()
+    sizes = re.findall(r"\d[\d,]*\s*k?-?\s*tokens?[ -]chunk|chunks? of \d[\d,]*\s*k?", text, flags=re.I)
+    assert not sizes, f"04 states chunk sizes of its own: {sizes} (take them from run.cfg.eval)"
+    copied = [name for name in VARIANTS if re.search(rf"^#\s*\|\s*`{re.escape(name)}`", text, flags=re.M)]
+    assert not copied, f"04 has a table of its own for {copied}: show variants.VARIANTS instead"
+    assert "VARIANTS" in text and "ttt_chunk_tokens" in text
