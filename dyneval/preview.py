@@ -3,7 +3,7 @@
 Notebook 02 shows these before it launches training. Everything is computed from the resolved config
 alone, on shapes (the model is built on torch's `meta` device: no memory, no weights, no data), with the
 functions training itself uses: `optim.split_parameters` for the groups, `quant.category` /
-`config.is_control` / the passthrough threshold for how the exporter stores each tensor, and
+`is_control` / the passthrough threshold for how the exporter stores each tensor, and
 `optim.lr_scale` / `optim.muon_momentum` / the late-QAT threshold for the schedules. A library module:
 it imports no stage.
 """
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import quant
-from .config import RunConfig, is_control
+from .config import RunConfig
 from .model import GPT
 from .optim import lr_scale, muon_momentum, split_parameters
 from .published_run import load_published
@@ -42,7 +42,7 @@ def _treatment(name: str, t: torch.Tensor, settings: quant.QuantSettings) -> tup
     rows = t.shape[0] if t.ndim == 2 else 1
     if not t.is_floating_point() or t.numel() <= settings.passthrough_max_numel:
         return "passthrough (fp16)", 2 * t.numel()
-    if is_control(name):
+    if quant.is_control(name):  # (imported by quant on every branch: config.py or, split, model.py)
         return "control (fp32)", 4 * t.numel()
     if quant.category(name) in quant.INT6_CATEGORIES:
         return f"int{settings.bits} (int8 storage)", t.numel() + 2 * rows
