@@ -38,7 +38,8 @@ def parameter_groups(cfg: RunConfig) -> list[dict]:
 
 
 def _treatment(name: str, t: torch.Tensor, settings: quant.QuantSettings) -> tuple[str, int]:
-    """How `quant.quantize_state_dict` stores a tensor, and its bytes before zstd (values + fp16 row scales)."""
+    """How `quant.quantize_state_dict` stores a tensor, and its bytes before zstd: int8 values, plus per-row
+    fp16 scales for a matrix; a vector's one scale is fp16 on the int6 grid, fp32 on the int8 one."""
     rows = t.shape[0] if t.ndim == 2 else 1
     if not t.is_floating_point() or t.numel() <= settings.passthrough_max_numel:
         return "passthrough (fp16)", 2 * t.numel()
@@ -46,7 +47,7 @@ def _treatment(name: str, t: torch.Tensor, settings: quant.QuantSettings) -> tup
         return "control (fp32)", 4 * t.numel()
     if quant.category(name) in quant.INT6_CATEGORIES:
         return f"int{settings.bits} (int8 storage)", t.numel() + 2 * rows
-    return "int8", t.numel() + 2 * rows
+    return "int8", t.numel() + (2 * rows if t.ndim == 2 else 4)
 
 
 def stored_bytes(cfg: RunConfig, settings: quant.QuantSettings = quant.QuantSettings()) -> list[dict]:

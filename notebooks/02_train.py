@@ -63,8 +63,8 @@ display(Markdown("| group | optimizer | tensors | parameters | share |\n|---|---
 #
 # ## The artifact budget
 # The challenge caps code + compressed model at 16,000,000 bytes. How the exporter will store each
-# tensor, and the compressed size estimated with the compression the run achieved (its published int6
-# + zstd bytes over its stored bytes); the export stage measures the real one after training.
+# tensor, and the compressed size estimated with the compression the run achieved (its published
+# int6 + zstd bytes over its stored bytes); the export stage measures the real one after training.
 
 # %%
 budget = preview.artifact_budget(cfg)

@@ -243,6 +243,11 @@ class Notebook:
 
     def run_all(self, **wait) -> None:
         self.menu("Run", "Run All Cells")
+        # on a loaded machine the kernel may still be connecting: an idle status before the first cell is
+        # even queued would end the wait at once, so wait first for some cell to be queued or run
+        deadline = time.monotonic() + 120
+        while all(c["prompt"] == "[ ]:" for c in self.cells()) and time.monotonic() < deadline:
+            time.sleep(0.3)
         self.wait_idle(**wait)
 
     def save(self) -> dict:
