@@ -1,32 +1,32 @@
-"""Report: ablation tables across seeds, statistics, and the figures.
+"""Report: the stage that turns a reproduction folder into ablation tables and figure files.
 
 Owns reading a reproduction folder (`<runs>/seed<N>/` with `meta.json` and `eval/results.json`,
-`eval/<variant>.npz`, `eval/doc_starts.npy`, or `FAILED.json`), the per-seed and aggregated tables
-(mean ± std, paired Δ vs `sliding`, one-sided t-tests against 0 and against −0.005 nats, the
-challenge's criterion mean Δ < −0.005 nats at p < 0.01, eval seconds, artifact bytes) as Markdown and
-CSV, and the figures as PNG and SVG with deterministic metadata: cumulative bpb over the stream, Δbpb
-per chunk, per-document gains, training curves. For record profiles, the run's published logs (package
-data, `dyneval/published/run397_logs.json`) go beside the reproduction: curves under the training
-curves, final numbers beside the reproduced ones.
+`eval/<variant>.npz`, `eval/doc_starts.npy`, or `FAILED.json`), deciding which seeds may be averaged
+(`comparability`), the per-seed and aggregated tables as Markdown and CSV (the numbers come from
+`stats`: mean ± std, paired Δ vs `sliding`, one-sided t-tests against 0 and against −0.005 nats, the
+challenge's criterion), one run's `ablation.md/.csv` (written by the evaluate stage), and the figure
+files: per figure, the data its `figures.plot_*` function draws (`*_data(runs)`, which notebook 05 calls
+to draw the same figure inline) and the PNG + SVG written with deterministic metadata. The published
+run (`published_run`) goes beside record-profile runs: its curves under the training curves, its
+final numbers in the table.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from . import files
+from . import figures, files
 from .evaluate import load_stream
-
-RECORD_DELTA_NATS = 0.005  # the challenge: a new record must beat the old by 0.005 nats ...
-RECORD_P_VALUE = 0.01  # ... at p < 0.01
-LN2 = math.log(2)
+from .figures import FIGURE_VARIANTS
+from .published_run import (NOT_COMPARABLE, flat, is_record_config, load_published, not_compared, published_markdown,
+                            record_difference)
+from .stats import aggregate, chunk_bpb, cumulative_bpb, ok_runs, per_seed_rows, scored_end
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,10 +117,6 @@ def read_results(path: Path) -> dict:
     return results
 
 
-def ok_runs(runs: dict) -> dict:
-    return {s: r for s, r in runs.items() if "failed" not in r}
-
-
 # ----------------------------------------------------------------------------------------------
 # Which seeds may be aggregated
 
@@ -133,11 +129,6 @@ def seed_set_fields(runs_dir: str | Path) -> dict[int, list[str]]:
     if not path.is_file():
         return {}
     return {int(k): list(v) for k, v in files.read_json(path).get("seed_overrides", {}).items()}
-
-
-def _flat(config: dict) -> dict:
-    return {f"{s}.{k}" if isinstance(sec, dict) else s: v for s, sec in config.items()
-            for k, v in (sec.items() if isinstance(sec, dict) else [(None, sec)])}
 
 
 def _field(item: str) -> str:
@@ -183,12 +174,12 @@ def comparability(runs: dict, seed_sets: dict[int, list[str]] | None = None) -> 
     if len(good) < 2:
         return problems
     ref_seed, ref = next(iter(good.items()))
-    ref_cfg = _flat(ref["meta"]["config"])
+    ref_cfg = flat(ref["meta"]["config"])
     variants: list[str] = []
     for r in good.values():
         variants += [v for v in r["results"] if v not in variants]
     for seed, r in good.items():
-        cfg = _flat(r["meta"]["config"])
+        cfg = flat(r["meta"]["config"])
         free = {"train.seed"} | per_seed.get(seed, set()) | per_seed.get(ref_seed, set())
         if cfg.get("train.iterations") == published_iterations(seed) and \
                 ref_cfg.get("train.iterations") == published_iterations(ref_seed):
@@ -224,210 +215,6 @@ def require_comparable(runs: dict, seed_sets: dict[int, list[str]] | None = None
     if problems:
         raise ValueError("not aggregated: " + "; ".join(problems) + ". Averaging them would report one run as "
                          "several seeds or mix different runs: fix those seeds (or report them from separate folders)")
-
-
-# ----------------------------------------------------------------------------------------------
-# The published run beside a reproduction
-
-PUBLISHED_LOGS = Path(__file__).resolve().parent / "published" / "run397_logs.json"
-NOT_COMPARABLE = ("The run's published logs are shown only beside record-profile runs (record, record_1gpu): "
-                  "this run trains another model or batch (e.g. the smoke profile), so they would not compare.")
-
-
-def load_published() -> dict:
-    """What the run's three published training logs printed (seeds 42, 7, 2024), with their `source`.
-
-    A copy of the shared reference's `published/run397_logs.json` shipped as package data: per seed the
-    train loss every 200 steps, the val loss/bpb every 1,000, the late-QAT and stop steps, the bytes,
-    and the final lines (`final_int6_roundtrip_exact` is scored after the pre-eval TTT).
-    """
-    return json.loads(PUBLISHED_LOGS.read_text())
-
-
-def is_record_config(config: dict) -> bool:
-    """Whether a resolved config trains the run's model on the run's batch, so that its step-indexed
-    curves and final numbers compare with the published logs (the record and record_1gpu profiles)."""
-    from .config import preset
-
-    record = preset("record").to_dict()
-    train = config.get("train", {})
-    return config.get("model") == record["model"] and all(
-        train.get(k) == record["train"][k] for k in ("train_batch_tokens", "train_seq_len"))
-
-
-RECORD_DATA = ("fineweb10B_sp1024", "fineweb_1024_bpe.model")  # the challenge's export: dataset folder, tokenizer
-# The sha256 of the challenge's fineweb_1024_bpe.model is not shipped with the bundle (the published logs do not
-# print it): a run qualifies by the export's names and by recording the hash it checked (data.check_tokenizer);
-# set this to the Hub file's hash to check the bytes too.
-RECORD_TOKENIZER_SHA256: str | None = None
-RECORD_SCHEDULE = ("train.warmdown_iters", "train.late_qat_threshold", "train.qat_trains", "train.grad_accum_total")
-
-
-def record_difference(meta: dict) -> str | None:
-    """What keeps a run from being the record's, in a few words; None when its numbers compare with the
-    published ones: the record's model, batch, data (the challenge's export, by tokenizer hash), schedule
-    (optimizer, warmdown, late QAT), EMA, and a step count within the published runs' range."""
-    from .config import preset
-
-    config = meta.get("config", {})
-    if not is_record_config(config):
-        return "its model or batch is not the record's"
-    record, cfg = _flat(preset("record").to_dict()), _flat(config)
-    data, tok = Path(cfg.get("train.data_path", "")).name, Path(cfg.get("train.tokenizer_path", "")).name
-    sha = meta.get("tokenizer_sha256")
-    if (data, tok) != RECORD_DATA or not sha or (RECORD_TOKENIZER_SHA256 and sha != RECORD_TOKENIZER_SHA256):
-        return (f"its data is not the challenge's FineWeb export (dataset {data}, tokenizer {tok}, "
-                f"sha256 {(sha or 'not recorded')[:12]})")
-    for k in [k for k in record if k.startswith("optim.")] + list(RECORD_SCHEDULE):
-        if cfg.get(k) != record[k]:
-            return f"its schedule differs ({k} {cfg.get(k)!r}, the record's {record[k]!r})"
-    if cfg.get("train.ema_decay") != record["train.ema_decay"]:
-        return f"its EMA differs (train.ema_decay {cfg.get('train.ema_decay')!r}, the record's {record['train.ema_decay']!r})"
-    stops = [log["stop_step"] for log in load_published()["seeds"].values()]
-    steps = meta.get("steps")
-    if not isinstance(steps, int) or not min(stops) <= steps <= max(stops):
-        return f"it trained {steps} steps, outside the published runs' {min(stops):,}-{max(stops):,}"
-    return None
-
-
-def published_comparison(meta: dict, results: dict | None = None) -> list[dict]:
-    """The published numbers beside a reproduced run's (meta.json, eval/results.json); [] unless the run
-    is the record's (`record_difference`). A published seed is compared with itself; any other with the
-    published mean."""
-    if record_difference(meta) is not None:
-        return []
-    seeds = load_published()["seeds"]
-    seed = str(meta["config"]["train"]["seed"])
-    logs = [seeds[seed]] if seed in seeds else list(seeds.values())
-    against = f"seed {seed}" if seed in seeds else "mean of seeds " + ", ".join(seeds)
-    results = results or {}
-
-    def published(get):
-        return float(np.mean([get(log) for log in logs]))
-
-    size, val = meta.get("size", {}), meta.get("history", {}).get("val", [])
-    rows = [("training steps", published(lambda g: g["stop_step"]), meta.get("steps")),
-            ("val bpb at the last step, before EMA (non-overlapping)", published(lambda g: g["val"][-1]["val_bpb"]),
-             val[-1]["val_bpb"] if val else None),
-            ("int6 + zstd model bytes", published(lambda g: g["int6_zstd_model_bytes"]), size.get("model_bytes")),
-            ("code bytes (the run: its one script; here: dyneval/*.py)", published(lambda g: g["code_bytes"]),
-             size.get("code_bytes")),
-            ("non-overlapping bpb after pre-eval TTT (the run's final_int6_roundtrip)",
-             published(lambda g: g["final"]["final_int6_roundtrip_exact"]["val_bpb"]),
-             results.get("pre_eval_ttt+nonoverlap", {}).get("bpb")),
-            ("pre-eval TTT + dynamic eval bpb (the run's headline, final_dyneval)",
-             published(lambda g: g["final"]["final_dyneval_exact"]["val_bpb"]),
-             results.get("pre_eval_ttt+dynamic", {}).get("bpb"))]
-    whole = {"training steps", "int6 + zstd model bytes", "code bytes (the run: its one script; here: dyneval/*.py)"}
-    return [{"quantity": q, "published": pub, "reproduced": rep, "published_as": against, "whole": q in whole}
-            for q, pub, rep in rows]
-
-
-def published_markdown(meta: dict, results: dict | None = None) -> str:
-    """A Markdown table of `published_comparison`, or the sentence saying why there is none."""
-    rows = published_comparison(meta, results)
-    if not rows:
-        return not_compared(meta) + "\n"
-    seed = meta["config"]["train"]["seed"]
-    lines = [f"The published run ({rows[0]['published_as']}, 8×H100) beside this run (seed {seed}):", "",
-             "| quantity | published | reproduced | difference |", "|---|---|---|---|"]
-    for r in rows:
-        pub, rep = r["published"], r["reproduced"]
-        whole = r.get("whole", False)  # counts (steps, bytes): a mean over seeds is still printed whole
-        diff = "" if rep is None else _number(rep - pub, signed=True, whole=whole)
-        lines.append(f"| {r['quantity']} | {_number(pub, whole=whole)} | "
-                     f"{'—' if rep is None else _number(rep, whole=whole)} | {diff} |")
-    return "\n".join(lines) + "\n"
-
-
-def not_compared(meta: dict) -> str:
-    """Why a run is not shown beside the published one, in one sentence."""
-    why = record_difference(meta)
-    if why == "its model or batch is not the record's":
-        return NOT_COMPARABLE
-    return (f"Not compared with the published run: {why}, so its numbers would not compare with the published "
-            f"ones (seed {meta.get('config', {}).get('train', {}).get('seed')}).")
-
-
-def _number(x: float, signed: bool = False, whole: bool = False) -> str:
-    if whole or (float(x).is_integer() and abs(x) >= 100):
-        x = round(x)
-        return f"{x:+,.0f}" if signed else f"{x:,.0f}"
-    return f"{x:+.4f}" if signed else f"{x:.4f}"
-
-
-# ----------------------------------------------------------------------------------------------
-# Statistics
-
-def one_sided_p(deltas: np.ndarray, bound: float = 0.0) -> float:
-    """p-value of a one-sided one-sample t-test, H0: mean(Δ) ≥ bound, H1: mean(Δ) < bound.
-
-    `bound=0` asks "does it help at all"; the challenge's record criterion asks for `bound=-0.005`
-    nats (H1: the improvement exceeds 0.005 nats). nan with fewer than 2 seeds.
-    """
-    from scipy import stats
-
-    deltas = np.asarray(deltas, dtype=np.float64)
-    if deltas.size < 2:
-        return float("nan")
-    if np.all(deltas == deltas[0]):
-        return 0.0 if deltas[0] < bound else 1.0
-    return float(stats.ttest_1samp(deltas, bound, alternative="less").pvalue)
-
-
-def aggregate(runs: dict) -> list[dict]:
-    """One row per variant over the seeds that finished: mean ± std and paired deltas vs sliding."""
-    good = ok_runs(runs)
-    variants: list[str] = []
-    for r in good.values():
-        variants += [v for v in r["results"] if v not in variants]
-    rows = []
-    for v in variants:
-        seeds = [s for s, r in good.items() if "bpb" in r["results"].get(v, {}) and "bpb" in r["results"].get("sliding", {})]
-        if not seeds:
-            continue
-        for s in seeds:
-            for key in ("bpb", "loss"):
-                for name in (v, "sliding"):
-                    if not math.isfinite(good[s]["results"][name].get(key, float("nan"))):
-                        raise ValueError(f"seed {s}: {name} has a non-finite {key} in "
-                                         f"{good[s]['dir'] / 'eval' / 'results.json'}: nothing to aggregate")
-        bpb = np.array([good[s]["results"][v]["bpb"] for s in seeds])
-        loss = np.array([good[s]["results"][v]["loss"] for s in seeds])
-        d_bpb = bpb - np.array([good[s]["results"]["sliding"]["bpb"] for s in seeds])
-        d_nats = loss - np.array([good[s]["results"]["sliding"]["loss"] for s in seeds])
-        secs = np.array([good[s]["results"][v]["seconds"] for s in seeds])
-        art = np.array([good[s]["results"][v].get("total_bytes", good[s]["meta"]["size"]["total_bytes"])
-                        for s in seeds])  # the bytes of the artifact scored (older results: training's)
-        p = one_sided_p(d_nats) if v != "sliding" else float("nan")
-        p_record = one_sided_p(d_nats, -RECORD_DELTA_NATS) if v != "sliding" else float("nan")
-        first = good[seeds[0]]["results"][v]
-        rows.append({"variant": v, "seeds": len(seeds), "bpb_mean": bpb.mean(), "bpb_std": _std(bpb),
-                     "delta_bpb_mean": d_bpb.mean(), "delta_bpb_std": _std(d_bpb), "delta_nats_mean": d_nats.mean(),
-                     "p_value": p, "p_value_record": p_record,
-                     "meets_record_criterion": bool(v != "sliding" and p_record < RECORD_P_VALUE),
-                     "eval_seconds_mean": secs.mean(), "artifact_bytes_mean": art.mean(),
-                     "legal": bool(first.get("legal"))})
-    return rows
-
-
-def _std(x: np.ndarray) -> float:
-    return float(x.std(ddof=1)) if x.size > 1 else 0.0
-
-
-def per_seed_rows(runs: dict) -> list[dict]:
-    rows = []
-    for seed, r in runs.items():
-        if "failed" in r:
-            rows.append({"seed": seed, "variant": "(failed)", "bpb": float("nan"), "delta_bpb": float("nan"),
-                         "seconds": float("nan"), "legal": "", "note": r["failed"][:200]})
-            continue
-        base = r["results"].get("sliding", {}).get("bpb", float("nan"))
-        for v, e in r["results"].items():
-            rows.append({"seed": seed, "variant": v, "bpb": e.get("bpb", float("nan")),
-                         "delta_bpb": e.get("bpb", float("nan")) - base, "seconds": e.get("seconds", float("nan")),
-                         "legal": e.get("legal"), "note": e.get("error", "")})
-    return rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -504,43 +291,14 @@ def _p(p: float) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Figures
+# Figures: the data each `figures.plot_*` draws, and the files
 
-FIGURE_VARIANTS = ("sliding", "nonoverlap", "dynamic", "pre_eval_ttt+dynamic", "score_first_ttt", "dynamic_tail",
-                   "dynamic_krause")
+def _figure(figsize: tuple[float, float]):
+    """A figure outside pyplot (no backend chosen, none switched: a notebook's inline plots stay inline)."""
+    from matplotlib.figure import Figure
 
-
-def _color(variant: str) -> str:
-    """One colour per variant across every figure."""
-    i = FIGURE_VARIANTS.index(variant) if variant in FIGURE_VARIANTS else len(FIGURE_VARIANTS)
-    return f"C{i}"
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"svg.hashsalt": "dyneval", "figure.dpi": 100, "font.size": 9,
-                         "axes.spines.top": False, "axes.spines.right": False})
-    return plt
-
-
-def _legend(ax) -> None:
-    """A legend where something is labelled (an empty panel, e.g. one seed's gap plot, gets none)."""
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-
-
-def _save(fig, out: Path, name: str) -> list[Path]:
-    paths = [out / f"{name}.png", out / f"{name}.svg"]
-    fig.savefig(paths[0], metadata={"Software": None})
-    fig.savefig(paths[1], metadata={"Date": None, "Creator": None})
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return paths
+    figures.style()
+    return Figure(figsize=figsize)
 
 
 def ordered_stream(path: Path) -> dict:
@@ -554,100 +312,89 @@ def ordered_stream(path: Path) -> dict:
     return {k: v[order] for k, v in s.items()}
 
 
+def eval_streams(eval_dir: Path, results: dict) -> dict:
+    """{variant: its ordered stream} for every variant of `results` whose `<variant>.npz` is in `eval_dir`."""
+    return {v: ordered_stream(eval_dir / f"{v}.npz") for v in results if (eval_dir / f"{v}.npz").is_file()}
+
+
 def _streams(run: dict) -> dict:
-    ev = run["dir"] / "eval"
-    return {v: ordered_stream(ev / f"{v}.npz") for v in run["results"] if (ev / f"{v}.npz").is_file()}
+    return eval_streams(run["dir"] / "eval", run["results"])
 
 
-def chunk_bpb(stream: dict, edges: np.ndarray) -> np.ndarray:
-    """bpb of each stream chunk [edges[i], edges[i+1]) of target positions (windows by first scored target)."""
-    idx = np.clip(np.searchsorted(edges, stream["first_scored"], side="right") - 1, 0, len(edges) - 2)
-    nats = np.bincount(idx, stream["nats"], minlength=len(edges) - 1)
-    nbytes = np.bincount(idx, stream["bytes"], minlength=len(edges) - 1)
-    return nats / LN2 / np.maximum(nbytes, 1e-9)
+def _legal(run: dict) -> dict:
+    return {v: bool(r.get("legal")) for v, r in run["results"].items()}
 
 
-def figure_cumulative(runs: dict, out: Path) -> list[Path]:
-    """Cumulative bpb along the stream per variant (first seed), and its gap to sliding (mean over seeds)."""
-    plt = _plt()
+def cumulative_data(runs: dict) -> dict:
+    """What `figures.plot_cumulative` and `plot_gap_to_sliding` draw: the first seed's cumulative bpb per
+    figure variant, and each variant's cumulative bpb minus sliding's on sliding's positions, mean over seeds."""
     good = ok_runs(runs)
     seed, run = next(iter(good.items()))
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    gaps: dict[str, list] = {}
+    curves, gaps, grid = {}, {}, None
     for s_, r in good.items():
         streams = _streams(r)
         if "sliding" not in streams:
             continue
-        base = streams["sliding"]
-        grid = base["first_scored"] + base["num_scored"]
-        base_cum = np.cumsum(base["nats"]) / LN2 / np.cumsum(base["bytes"])
+        grid = scored_end(streams["sliding"])
+        base_cum = cumulative_bpb(streams["sliding"])
         for v, st in streams.items():
             if v not in FIGURE_VARIANTS:
                 continue
-            pos = st["first_scored"] + st["num_scored"]
-            cum = np.cumsum(st["nats"]) / LN2 / np.maximum(np.cumsum(st["bytes"]), 1e-9)
+            pos, cum = scored_end(st), cumulative_bpb(st)
             if s_ == seed:
-                legal = r["results"][v]["legal"]
-                a.plot(pos, cum, lw=1.1, ls="-" if legal else "--", color=_color(v),
-                       label=f"{v}{'' if legal else ' (not legal)'}")
+                curves[v] = (pos, cum)
             if v != "sliding":
                 gaps.setdefault(v, []).append(np.interp(grid, pos, cum) - base_cum)
-    a.set_xlabel("position in the validation stream (tokens)")
-    a.set_ylabel("cumulative bits per byte")
-    a.set_title(f"Cumulative bpb over the stream (seed {seed})")
-    _legend(a)
-    end = grid[-1] if len(gaps) else 1
-    for v, g in gaps.items():
-        legal = run["results"][v]["legal"]
-        b.plot(grid, np.mean(g, axis=0), lw=1.1, ls="-" if legal else "--", color=_color(v), label=v)
-    b.axhline(0, color="k", lw=0.8)
-    b.set_xlim(0.05 * end, end)  # the first windows' running mean is noise
-    b.set_xlabel("position in the validation stream (tokens)")
-    b.set_ylabel("cumulative bpb minus sliding's")
-    b.set_title(f"Gap to sliding as the stream is scored (mean of {len(good)} seed(s))")
-    _legend(b)
+    return {"curves": curves, "legal": _legal(run), "seed": seed, "grid": grid,
+            "gaps": {v: np.mean(g, axis=0) for v, g in gaps.items()}, "num_seeds": len(good)}
+
+
+def figure_cumulative(runs: dict, out: Path) -> list[Path]:
+    """Cumulative bpb along the stream per variant (first seed), and its gap to sliding (mean over seeds)."""
+    d = cumulative_data(runs)
+    fig = _figure((11, 4))
+    a, b = fig.subplots(1, 2)
+    figures.plot_cumulative(a, d["curves"], d["legal"], d["seed"])
+    figures.plot_gap_to_sliding(b, d["grid"], d["gaps"], d["legal"], d["num_seeds"])
     fig.tight_layout()
-    return _save(fig, out, "cumulative_bpb")
+    return figures.save(fig, out, "cumulative_bpb")
 
 
-def figure_chunk_delta(runs: dict, out: Path, num_chunks: int = 16) -> list[Path]:
-    """Δbpb vs sliding per chunk of the stream, mean over seeds (where adaptation gains or loses)."""
-    plt = _plt()
+def chunk_delta_data(runs: dict, num_chunks: int = 16) -> dict:
+    """What `figures.plot_chunk_delta` draws: Δbpb vs sliding per 1/`num_chunks` of the stream, mean over seeds."""
     good = ok_runs(runs)
     per_variant: dict[str, list[np.ndarray]] = {}
     for run in good.values():
         streams = _streams(run)
         if "sliding" not in streams:
             continue
-        end = int((streams["sliding"]["first_scored"] + streams["sliding"]["num_scored"]).max())
+        end = int(scored_end(streams["sliding"]).max())
         edges = np.linspace(0, end, num_chunks + 1)
         base = chunk_bpb(streams["sliding"], edges)
         for v, s in streams.items():
             if v in FIGURE_VARIANTS and v != "sliding":
                 per_variant.setdefault(v, []).append(chunk_bpb(s, edges) - base)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    x = (np.arange(num_chunks) + 0.5) / num_chunks
-    for v, ds in per_variant.items():
-        legal = next(iter(good.values()))["results"][v]["legal"]
-        ax.plot(x, np.mean(ds, axis=0), marker="o", ms=3, lw=1.2, ls="-" if legal else "--", color=_color(v),
-                label=f"{v}{'' if legal else ' (not legal)'}")
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set_xlabel("fraction of the validation stream")
-    ax.set_ylabel("Δ bpb vs sliding (mean over seeds)")
-    ax.set_title(f"Where adaptation gains: Δbpb per 1/{num_chunks} of the stream ({len(good)} seed(s))")
-    _legend(ax)
-    return _save(fig, out, "delta_per_chunk")
+    return {"deltas": {v: np.mean(ds, axis=0) for v, ds in per_variant.items()},
+            "legal": _legal(next(iter(good.values()))), "num_chunks": num_chunks, "num_seeds": len(good)}
 
 
-def figure_documents(runs: dict, out: Path, min_bytes: float = 500.0) -> list[Path]:
-    """Per-document Δbpb vs sliding, for the variants scored on sliding windows.
+def figure_chunk_delta(runs: dict, out: Path, num_chunks: int = 16) -> list[Path]:
+    """Δbpb vs sliding per chunk of the stream, mean over seeds (where adaptation gains or loses)."""
+    fig = _figure((7, 4))
+    ax = fig.subplots()
+    figures.plot_chunk_delta(ax, **chunk_delta_data(runs, num_chunks))
+    return figures.save(fig, out, "delta_per_chunk")
+
+
+def document_gain_data(runs: dict, min_bytes: float = 500.0) -> dict:
+    """What `figures.plot_document_gains` draws: per-document Δbpb vs sliding, for the variants scored on
+    sliding windows, every seed's documents together.
 
     Documents are split at BOS; a window's nats and bytes count toward the document of its first
     scored target (windows score `stride` targets, so this is exact up to one window per boundary).
     Non-overlapping variants are left out: their windows are L/S times coarser. Documents under
     `min_bytes` are dropped as too short to say anything.
     """
-    plt = _plt()
     good = ok_runs(runs)
     gains: dict[str, list[np.ndarray]] = {}
     for run in good.values():
@@ -663,66 +410,41 @@ def figure_documents(runs: dict, out: Path, min_bytes: float = 500.0) -> list[Pa
         for v, s in streams.items():
             if v in FIGURE_VARIANTS and v not in ("sliding", "nonoverlap"):
                 gains.setdefault(v, []).append((chunk_bpb(s, edges) - base)[big])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    names = list(gains)
-    data = [np.concatenate(gains[v]) for v in names]
-    if data:
-        ax.boxplot(data, showfliers=False)
-        ax.set_xticks(np.arange(1, len(names) + 1), labels=[n.replace("+", "+\n") for n in names], fontsize=7)
-        for i, d in enumerate(data, start=1):
-            ax.scatter(np.full(d.size, i) + np.linspace(-0.15, 0.15, d.size), d, s=4, alpha=0.5, color=_color(names[i - 1]))
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set_ylabel("Δ bpb vs sliding, per document")
-    ax.set_title(f"Per-document Δbpb vs sliding ({data[0].size if data else 0} scores: documents ≥ {min_bytes:.0f} "
-                 f"bytes × {len(good)} seed(s))")
-    return _save(fig, out, "per_document_gain")
+    return {"gains": {v: np.concatenate(g) for v, g in gains.items()}, "min_bytes": min_bytes,
+            "num_seeds": len(good)}
 
 
-def plot_training_curves(a, b, metas: dict) -> str:
-    """Train loss on axes `a` and validation bpb on `b`, one line per seed's meta.json.
+def figure_documents(runs: dict, out: Path, min_bytes: float = 500.0) -> list[Path]:
+    """Per-document Δbpb vs sliding (`document_gain_data`)."""
+    fig = _figure((7, 4))
+    ax = fig.subplots()
+    figures.plot_document_gains(ax, **document_gain_data(runs, min_bytes))
+    return figures.save(fig, out, "per_document_gain")
 
-    When every run is a record profile, the run's published curves (8×H100, seeds 42, 7, 2024) are
-    drawn beneath in grey, step for step: a reproduction of the run should lie on them. Returns a
-    sentence saying what was drawn.
-    """
+
+def published_curves(metas: dict) -> tuple[dict | None, str]:
+    """The published curves to draw beneath the runs' (`figures.plot_training_curves`), and the sentence
+    saying what was drawn: only when every run is the record's (`record_difference`), else None and why."""
     shown = bool(metas) and all(record_difference(m) is None for m in metas.values())
     if shown:
-        published = load_published()["seeds"]
-        for i, (seed, log) in enumerate(published.items()):
-            label = "published, 8×H100 (seeds " + ", ".join(published) + ")" if i == 0 else None
-            a.plot([t["step"] for t in log["train"]], [t["train_loss"] for t in log["train"]], color="0.55",
-                   lw=0.7, ls=":", label=label)
-            b.plot([t["step"] for t in log["val"]], [t["val_bpb"] for t in log["val"]], color="0.55", lw=0.7,
-                   ls=":", marker="s", ms=2.5, label=label)
-    for seed, meta in metas.items():
-        h = meta["history"]
-        a.plot([t["step"] for t in h["train"]], [t["train_loss"] for t in h["train"]], lw=0.8, label=f"seed {seed}")
-        b.plot([t["step"] for t in h["val"]], [t["val_bpb"] for t in h["val"]], marker="o", ms=3, label=f"seed {seed}")
-    a.set_xlabel("step")
-    a.set_ylabel("train loss (nats)")
-    a.set_title("Training loss")
-    b.set_xlabel("step")
-    b.set_ylabel("val bpb (non-overlapping)")
-    b.set_title("Validation bpb during training")
-    if shown:  # the first steps' losses (7-8 nats) would flatten the rest
-        a.set_ylim(top=min(4.0, a.get_ylim()[1]))
-        b.set_ylim(top=min(2.0, b.get_ylim()[1]))
-    _legend(a)
-    _legend(b)
-    return ("The run's published curves (grey, dotted) are drawn beneath: a reproduction should lie on them."
-            if shown else not_compared(next(iter(metas.values()))) if metas else NOT_COMPARABLE)
+        return load_published()["seeds"], ("The run's published curves (grey, dotted) are drawn beneath: a "
+                                           "reproduction should lie on them.")
+    return None, not_compared(next(iter(metas.values()))) if metas else NOT_COMPARABLE
+
+
+def training_data(runs: dict) -> dict:
+    """What `figures.plot_training_curves` draws: every finished seed's meta.json, and the published curves
+    when they compare."""
+    metas = {seed: run["meta"] for seed, run in ok_runs(runs).items()}
+    return {"metas": metas, "published": published_curves(metas)[0]}
 
 
 def figure_training(runs: dict, out: Path) -> list[Path]:
-    plt = _plt()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
-    plot_training_curves(a, b, {seed: run["meta"] for seed, run in ok_runs(runs).items()})
+    fig = _figure((9, 3.6))
+    a, b = fig.subplots(1, 2)
+    figures.plot_training_curves(a, b, **training_data(runs))
     fig.tight_layout()
-    return _save(fig, out, "training_curves")
-
-
-CHALLENGE_EVAL_SECONDS = 600  # the challenge caps evaluation at 10 minutes ...
-CHALLENGE_GPUS = 8  # ... on 8×H100
+    return figures.save(fig, out, "training_curves")
 
 
 def eval_hardware(runs: dict) -> dict:
@@ -734,6 +456,7 @@ def eval_hardware(runs: dict) -> dict:
     after another on fewer GPUs, and CPU seconds measure another machine altogether. Returns the axis
     label, whether to draw the cap, and the sentence saying why when it is not drawn.
     """
+    cap_s, gpus = figures.CHALLENGE_EVAL_SECONDS, figures.CHALLENGE_GPUS
     seen = set()
     for run in ok_runs(runs).values():
         for r in run["results"].values():
@@ -753,85 +476,34 @@ def eval_hardware(runs: dict) -> dict:
         label = (f"evaluation seconds on the CPU ({'/'.join(map(str, threads)) or '?'} threads, "
                  f"{'/'.join(map(str, worlds))} process{'es' if worlds != [1] else ''})")
         return {"label": label, "cap": False,
-                "why_no_cap": f"No {CHALLENGE_EVAL_SECONDS} s cap line: these are CPU seconds; the challenge's cap is "
-                              f"{CHALLENGE_EVAL_SECONDS} s on {CHALLENGE_GPUS}×H100."}
+                "why_no_cap": f"No {cap_s} s cap line: these are CPU seconds; the challenge's cap is "
+                              f"{cap_s} s on {gpus}×H100."}
     label = f"evaluation seconds on {' / '.join(f'{w}× {d}' for w in worlds for d in devices)}"
     if virtual:
         label += f", {'/'.join(map(str, virtual))} ranks emulated"
-    cap = worlds == [CHALLENGE_GPUS] and not virtual and "cpu" not in devices
+    cap = worlds == [gpus] and not virtual and "cpu" not in devices
     why = "" if cap else (
-        f"No {CHALLENGE_EVAL_SECONDS} s cap line: "
+        f"No {cap_s} s cap line: "
         + (f"{'/'.join(map(str, virtual))} ranks emulated on {'/'.join(map(str, worlds))} real GPU(s) run one after "
-           f"another, so these are not {CHALLENGE_GPUS}-GPU seconds." if virtual else
-           f"seconds on {'/'.join(map(str, worlds))} GPU(s), not {CHALLENGE_GPUS} real GPUs."))
+           f"another, so these are not {gpus}-GPU seconds." if virtual else
+           f"seconds on {'/'.join(map(str, worlds))} GPU(s), not {gpus} real GPUs."))
     return {"label": label, "cap": cap, "why_no_cap": why}
 
 
-def legal_front(rows: list[dict]) -> list[dict]:
-    """The legal variants no other legal variant beats on both axes (fewer seconds and lower Δ bpb),
-    in order of seconds: the best Δ each evaluation budget buys."""
-    legal = sorted((r for r in rows if r["legal"] and math.isfinite(r["eval_seconds_mean"])),
-                   key=lambda r: (r["eval_seconds_mean"], r["delta_bpb_mean"]))
-    front, best = [], math.inf
-    for r in legal:
-        if r["delta_bpb_mean"] < best:
-            front.append(r)
-            best = r["delta_bpb_mean"]
-    return front
-
-
-def plot_eval_budget(ax, rows: list[dict], hardware: dict, seeds: int) -> str:
-    """Every variant's Δ bpb vs sliding (mean ± std over seeds) against its evaluation seconds on `ax`:
-    legal variants as circles, not-legal ones as red crosses, the legal Pareto front as a step line,
-    and the challenge's 600 s cap (gid `challenge_cap`) only when `hardware` says the seconds are 8
-    real GPUs' (`eval_hardware`). Returns the note the figure carries (why it has no cap line)."""
-    for i, r in enumerate(sorted(rows, key=lambda r: r["eval_seconds_mean"])):
-        legal = r["legal"]
-        ax.errorbar(r["eval_seconds_mean"], r["delta_bpb_mean"], yerr=r["delta_bpb_std"], fmt="o" if legal else "X",
-                    ms=5 if legal else 7, capsize=2, lw=0.8, color=_color(r["variant"]) if legal else "tab:red",
-                    mfc="white" if not legal else None)
-        ax.annotate(r["variant"] + ("" if legal else " (not legal)"), (r["eval_seconds_mean"], r["delta_bpb_mean"]),
-                    xytext=(4, 3 if i % 2 else -9), textcoords="offset points", fontsize=6.5, color="0.15" if legal else "tab:red")
-    front = legal_front(rows)
-    if front:
-        xs = [r["eval_seconds_mean"] for r in front]
-        ys = [r["delta_bpb_mean"] for r in front]
-        right = max([r["eval_seconds_mean"] for r in rows] + ([CHALLENGE_EVAL_SECONDS] if hardware["cap"] else []))
-        ax.step(xs + [right * 1.05], ys + ys[-1:], where="post", color="k", lw=1.0, alpha=0.6,
-                label="legal Pareto front")
-    ax.plot([], [], "o", color="0.4", label="legal")
-    ax.plot([], [], "X", color="tab:red", mfc="white", label="not legal (trains on unscored tokens)")
-    if hardware["cap"]:
-        ax.axvline(CHALLENGE_EVAL_SECONDS, color="tab:red", ls=":", lw=1.2, gid="challenge_cap",
-                   label=f"the challenge's cap: {CHALLENGE_EVAL_SECONDS} s on {CHALLENGE_GPUS} GPUs")
-    ax.axhline(0, color="k", lw=0.6)
-    from matplotlib.ticker import LogLocator, NullFormatter
-
-    ax.set_xscale("log")  # seconds span orders of magnitude (a non-overlapping pass to a TTT)
-    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
-    ax.xaxis.set_major_formatter("{x:g}")
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    seconds = [r["eval_seconds_mean"] for r in rows] + ([CHALLENGE_EVAL_SECONDS] if hardware["cap"] else [])
-    if seconds:  # room on the right for the labels of the slowest variants
-        ax.set_xlim(min(seconds) / 1.3, max(seconds) * 2.5)
-    ax.set_xlabel(hardware["label"] + ", each variant alone (log scale)")
-    ax.set_ylabel(f"Δ bpb vs sliding (mean ± std, {seeds} seed(s))")
-    ax.set_title("What each second of evaluation buys")
-    ax.legend(fontsize=7, loc="best")
-    note = hardware["why_no_cap"]
-    if note:
-        ax.text(0.01, -0.2, note, transform=ax.transAxes, fontsize=7, color="0.3", va="top")
-    return note
+def eval_budget_data(runs: dict) -> dict:
+    """What `figures.plot_eval_budget` draws: the aggregated rows with seconds, where they were measured,
+    and the number of seeds."""
+    return {"rows": [r for r in aggregate(runs) if math.isfinite(r["eval_seconds_mean"])],
+            "hardware": eval_hardware(runs), "seeds": len(ok_runs(runs))}
 
 
 def figure_eval_budget(runs: dict, out: Path) -> list[Path]:
-    """`eval_budget.png/.svg`: the eval-time frontier of the aggregated table (`plot_eval_budget`)."""
-    plt = _plt()
-    rows = [r for r in aggregate(runs) if math.isfinite(r["eval_seconds_mean"])]
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    plot_eval_budget(ax, rows, eval_hardware(runs), len(ok_runs(runs)))
+    """`eval_budget.png/.svg`: the eval-time frontier of the aggregated table (`figures.plot_eval_budget`)."""
+    fig = _figure((7.5, 4.8))
+    ax = fig.subplots()
+    figures.plot_eval_budget(ax, **eval_budget_data(runs))
     fig.tight_layout()
-    return _save(fig, out, "eval_budget")
+    return figures.save(fig, out, "eval_budget")
 
 
 def build_report(runs_dir: str | Path, out_dir: str | Path) -> dict:
@@ -847,10 +519,10 @@ def build_report(runs_dir: str | Path, out_dir: str | Path) -> dict:
     for name, text in (("ablation.md", markdown(runs, agg, per_seed, seed_sets)), ("ablation.csv", _csv(agg)),
                        ("ablation_per_seed.csv", _csv(per_seed))):
         files.write_text(out / name, text)
-    figures = []
+    written = []
     if ok_runs(runs):
         for f in (figure_cumulative, figure_chunk_delta, figure_documents, figure_training, figure_eval_budget):
-            figures += f(runs, out)
+            written += f(runs, out)
     return {"seeds": list(runs), "failed": [s for s, r in runs.items() if "failed" in r], "rows": agg,
-            "figures": [str(p) for p in figures], "tables": [str(out / n) for n in
+            "figures": [str(p) for p in written], "tables": [str(out / n) for n in
                                                               ("ablation.md", "ablation.csv", "ablation_per_seed.csv")]}

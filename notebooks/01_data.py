@@ -58,6 +58,11 @@ for f in val_files + train_files[:4]:
 print(f"{len(train_files)} train shard(s) in all")
 
 # %% [markdown]
+# Every shard listed has a token count its size agrees with (a truncated download would have been
+# refused before this cell printed). The validation shards are the whole scoring stream: every
+# variant in 04 scores these same tokens, capped by `eval.max_val_tokens` on the CPU profiles.
+
+# %% [markdown]
 # ## Byte accounting
 # A target token's bytes are the UTF-8 length of its piece without the leading "▁" (byte-fallback
 # pieces count 1; control/unknown/unused 0), plus one for the space that "▁" stands for unless the
@@ -72,6 +77,13 @@ docs = int((val == data.BOS_ID).sum())
 print(f"validation: {val.numel():,} tokens, {docs} documents, {nbytes:,.0f} bytes, "
       f"{nbytes / (val.numel() - 1):.3f} bytes per token")
 
+# %% [markdown]
+# Bytes per token is the exchange rate between the model's loss and the score: bpb = loss / ln 2 /
+# (bytes per token). A 1024-piece vocabulary gives a little over two bytes per token on English text
+# (the record's FineWeb export: about 2.4), so a loss of 1.9 nats is near 1.1 bpb there. Below, the
+# first document's first pieces with the bytes each is credited with: "▁" (a word start) adds the
+# space byte, control pieces add none.
+
 # %%
 sp = data.load_tokenizer(cfg.train.tokenizer_path)
 first_doc = val[: int(torch.nonzero(val[1:] == data.BOS_ID)[0]) + 1] if docs > 1 else val[:200]
@@ -79,3 +91,10 @@ pieces = [sp.id_to_piece(int(t)) for t in first_doc[1:40]]
 counts = lut.target_bytes(first_doc[:39], first_doc[1:40]).long().tolist()
 print(" ".join(f"{p}:{c}" for p, c in zip(pieces, counts)))
 print("\n" + sp.decode(first_doc[1:].tolist())[:600])
+
+# %% [markdown]
+# Check that the byte counts read as the text does: a word-start piece counts its letters plus one,
+# a piece inside a word its letters only. A tokenizer that counted bytes differently would shift every
+# bpb in this project by the same factor, which is why the byte table is built from the tokenizer file
+# itself and checked against the data's.
+

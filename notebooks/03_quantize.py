@@ -53,6 +53,10 @@ print(f"model {size['model_bytes']:,} + code {size['code_bytes']:,} = {size['tot
 print(size["code_definition"])
 
 # %% [markdown]
+# The line to look at is the headroom: what is left under the 16,000,000-byte cap for a bigger model.
+# The model bytes are the compressed artifact, the code bytes the package's source; both count.
+
+# %% [markdown]
 # ## What each tensor became
 # The artifact is read with `weights_only=True`: it can hold tensors and plain containers, never code.
 
@@ -62,6 +66,12 @@ kinds = Counter(m if isinstance(m, str) else m["type"] for m in qmeta.values())
 print(dict(kinds))
 for name, m in list(qmeta.items())[:12]:
     print(f"  {name:32s} {m if isinstance(m, str) else m['type']}")
+
+# %% [markdown]
+# The counts say where the bytes go: the attention and MLP matrices are the int6 (or `bits`) entries,
+# the token table the int8 one, and everything of at most `passthrough_max_numel` values stays fp16.
+# On the smoke profile many tensors are small enough to pass through; on the record nearly all the
+# parameters are in the int6 matrices.
 
 # %% [markdown]
 # ## What the rounding costs
@@ -76,3 +86,9 @@ print(f"training's export (the run's settings): val_bpb {t['bpb']:.4f}  ({t['bpb
       f"{meta['size']['model_bytes']:,} bytes")
 print(f"this export {exported['settings']}: val_bpb {r['bpb']:.4f}  ({r['bpb'] - e['bpb']:+.4f})  "
       f"{size['model_bytes']:,} bytes ({size['model_bytes'] - meta['size']['model_bytes']:+,})")
+
+# %% [markdown]
+# The rounding's cost is the difference to "before export" (in brackets). Hold it against the Δs of 04:
+# a rounding cost as large as an adaptation's gain would decide which variant wins. A re-export with
+# fewer bits or a harder clip trades bytes (the last number) for bpb (the one before it); every variant
+# in 04 is scored on the artifact this notebook leaves behind.

@@ -17,19 +17,8 @@
 # # 04 · Evaluate: every scoring and adaptation variant on one checkpoint
 #
 # The run's headline (1.1364) compared its *non-overlapping* score after TTT with a *sliding-window*
-# score plus dynamic eval. Here every effect is measured on the same int6 artifact:
-#
-# | variant | what it does | legal? |
-# |---|---|---|
-# | `nonoverlap` | independent L-token sequences | yes |
-# | `sliding` | windows every S tokens, each scores its last S: the baseline of every Δ | yes |
-# | `pre_eval_ttt` (+`nonoverlap`, +`dynamic`) | the run's TTT: 3 epochs of SGD on the val tokens **before** scoring them | **no** |
-# | `dynamic` | the run's dynamic eval: one SGD step per 4 batches on that batch's first window, through int6 fake quantization | yes |
-# | `score_first_ttt` (+`dynamic`) | the merged records' legal TTT: score a 32k-token chunk, then train on it | yes |
-# | `dynamic_tail`, `_mlp`, `dynamic_krause` | improved: a step after every batch on exactly the targets it scored, fp32 master weights, optional Krause RMS normalisation with decay | yes |
-#
-# Legal means: a token is trained on only after it has been scored. The test suite checks this for
-# every variant marked legal (two streams equal up to token P give bitwise equal scores up to P).
+# score plus dynamic eval. Here every effect is measured on the same int6 artifact, one variant at a
+# time. Legal means: a token is trained on only after it has been scored (the challenge's rule).
 
 # %% tags=["parameters"]
 profile: str = "smoke"  # record, record_1gpu, smoke or gpu_smoke
@@ -38,19 +27,44 @@ run_dir: str = "runs/notebook/seed42"  # where this seed's files go
 overrides: str = ""  # comma-separated config overrides (README: Overrides)
 data_root: str = "data"  # datasets/ and tokenizers/ live under it
 
-# %%
-from pathlib import Path
+# %% [markdown]
+# ## The variants
+# Each variant is one record of the registry (`dyneval/variants.py`): what it does, whether it is
+# legal and why. The sizes it works with come from this run's config.
 
+# %%
 from IPython.display import Markdown, display
 
 from dyneval import notebook
+from dyneval.variants import VARIANTS
 
 run = notebook.setup(profile=profile, seed=seed, run_dir=run_dir, overrides=overrides, data_root=data_root)
 run_dir = run.run_dir  # relative paths resolve from the project root, in JupyterLab and papermill alike
+e = run.cfg.eval
+display(Markdown("| variant | what it does | legal | why |\n|---|---|---|---|\n" + "\n".join(
+    f"| `{v.name}` | {v.description} | {'yes' if v.legal else '**no**'} | {v.reason} |" for v in VARIANTS.values())))
+print(f"this run: windows of L = {e.eval_seq_len} tokens, stride S = {e.eval_stride}; score-first TTT chunks of "
+      f"{e.ttt_chunk_tokens:,} tokens, {e.ttt_epochs} epoch(s); dynamic eval every {e.adapt_every} batch(es) "
+      f"of {e.eval_batch_seqs} windows")
+
+# %% [markdown]
+# ## Scoring every variant
+# The evaluate stage runs as its own process (torchrun on GPUs) and writes `eval/results.json`, one
+# stream per variant and the table below.
+
+# %%
 results = notebook.evaluate_stage(run.cfg, run_dir, "all")
 display(Markdown((run_dir / "eval" / "ablation.md").read_text()))
 
 # %% [markdown]
+# How to read the table: every Δ is against `sliding` on the same artifact, so it measures the
+# variant alone. `nonoverlap` sits above `sliding` (its first tokens in each window see little
+# context); the `pre_eval_ttt` rows sit below it but are **not legal** (they trained on the tokens
+# they then score); among the legal rows, compare `dynamic` (the run's own dynamic eval, faithful to
+# its quirks) with `dynamic_tail` and `dynamic_krause`: a negative Δ there is what adaptation buys
+# within the rules. The seconds column is the price. One seed says nothing about significance:
+# notebook 05 puts the seeds together with paired t-tests.
+#
 # ## The published run beside this one
 # For the record profiles (`record`, `record_1gpu`): the run's published final numbers for this seed
 # (its logs, shipped with the package) beside the reproduced ones. The run's `final_int6_roundtrip`
@@ -62,27 +76,61 @@ import json
 
 from dyneval import report
 
-meta = json.loads((Path(run_dir) / "meta.json").read_text())
+meta = json.loads((run_dir / "meta.json").read_text())
 display(Markdown(report.published_markdown(meta, results)))
 
 # %% [markdown]
+# On a record profile, the difference column is the reproduction's error: steps and bytes should be
+# within a few parts per thousand, the bpb within about 0.001 (other kernels, another seed's data
+# order). On the smoke profile the line above says why there is nothing to compare.
+#
 # ## Where the bits go along the stream
-# Cumulative bpb as the stream is scored: adaptation that helps pulls its curve below `sliding` as
-# it sees more of the text; the run's pre-eval TTT starts below because it has already trained on
-# the whole stream (not legal).
+# Cumulative bpb as the stream is scored (`stats.cumulative_bpb` of each variant's stream, drawn by
+# `figures.plot_cumulative`, as in the report's `cumulative_bpb.png`).
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 
+from dyneval import figures, stats
+
+streams = report.eval_streams(run_dir / "eval", results)
+curves = {v: (stats.scored_end(s), stats.cumulative_bpb(s)) for v, s in streams.items() if v in figures.FIGURE_VARIANTS}
 fig, ax = plt.subplots(figsize=(7, 4))
-for v in report.FIGURE_VARIANTS:
-    p = run_dir / "eval" / f"{v}.npz"
-    if p.is_file():
-        s = report.ordered_stream(p)
-        ax.plot(s["first_scored"] + s["num_scored"], np.cumsum(s["nats"]) / np.log(2) / np.cumsum(s["bytes"]),
-                label=v, lw=1, ls="-" if results[v]["legal"] else "--")
-ax.set(xlabel="position in the validation stream (tokens)", ylabel="cumulative bpb", title=f"seed {seed}")
+figures.plot_cumulative(ax, curves, {v: r.get("legal", False) for v, r in results.items()}, seed)
 ax.set_ylim(min(r["bpb"] for r in results.values() if "bpb" in r) - 0.15, None)
-ax.legend(fontsize=7)
 plt.show()
+
+# %% [markdown]
+# Look at the right end of each curve (it is the variant's bpb) and at where the curves part. The
+# first windows are noisy for every variant. A legal adaptation starts on `sliding`'s curve and bends
+# below it as it reads on, because it can only learn from text it has already scored; the run's
+# pre-eval TTT (dashed, not legal) is below from the first token, because it trained on the whole
+# stream before scoring any of it. A curve that bends *above* `sliding` is adaptation that hurts.
+#
+# ## Is it legal? The prefix check on a short stream
+# The check behind the legal column, run here on the first few windows only (cheap on a CPU): each
+# variant scores the stream and a copy whose tokens after a position P are replaced by random pieces;
+# a legal variant gives every window that lies wholly before P bitwise the same score on both.
+# `python -m dyneval legality --run-dir RUN` runs it on the whole stream at three prefixes.
+
+# %%
+import dataclasses
+
+from dyneval import legality, quant
+
+short = 8 * e.eval_seq_len + 1  # eight windows' worth of tokens
+if e.max_val_tokens:
+    short = min(short, e.max_val_tokens)
+short_cfg = dataclasses.replace(run.cfg, eval=dataclasses.replace(e, max_val_tokens=short))
+prefix = legality.default_prefixes(short - 1, short_cfg.eval, fractions=(0.5,))
+checked = [VARIANTS[n] for n in ("sliding", "pre_eval_ttt", "score_first_ttt", "dynamic_krause")]
+verdicts = legality.check_checkpoint(short_cfg, quant.run_artifact(run_dir), checked, prefix,
+                                     qat_flag_set=meta.get("late_qat_step") is not None, log=print)
+
+# %% [markdown]
+# Read one line per variant. `sliding` is prefix-invariant trivially (it never adapts). `pre_eval_ttt`
+# is caught: its first differing window is window 0, because its weights were trained on tokens after P
+# before anything was scored; that is why its rows are marked **no** above, whatever their bpb.
+# `score_first_ttt` and `dynamic_krause` adapt too, yet every window before P scores bitwise the same:
+# they only learn from tokens already scored. A variant marked legal that is *not* shown prefix-invariant
+# here is a bug (or a leak) in that variant: the command line exits 1 on it.

@@ -243,6 +243,11 @@ class Notebook:
 
     def run_all(self, **wait) -> None:
         self.menu("Run", "Run All Cells")
+        # on a loaded machine the kernel may still be connecting: an idle status before the first cell is
+        # even queued would end the wait at once, so wait first for some cell to be queued or run
+        deadline = time.monotonic() + 120
+        while all(c["prompt"] == "[ ]:" for c in self.cells()) and time.monotonic() < deadline:
+            time.sleep(0.3)
         self.wait_idle(**wait)
 
     def save(self) -> dict:
@@ -412,7 +417,7 @@ def test_02_train_streams_its_log_and_resumes_after_an_interrupt_at_the_uninterr
     nb.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell.jp-CodeCell .jp-InputPrompt").nth(train_cell).click()
     nb.menu("Run", "Run Selected Cell and All Below")
     nb.wait_idle()
-    cells = _finish(nb, figure_cells=1, table_cells=0)
+    cells = _finish(nb, figure_cells=2, table_cells=0)  # the schedules before training, the curves after
     text = cells[train_cell]["text"]
     assert f"resumed from {run / 'checkpoint.pt'} at step {step}" in text, text[-2000:]
     assert "step:30/30 train_loss" in text and "final_ema" in text
@@ -441,7 +446,10 @@ def test_03_quantize_reads_the_artifact_of_the_notebook_run(open_notebook):
 def test_04_evaluate_renders_the_ablation_table_and_the_cumulative_bpb_figure(open_notebook):
     nb = open_notebook("04_evaluate")
     nb.run_all()
-    _finish(nb, figure_cells=1, table_cells=1)
+    cells = _finish(nb, figure_cells=1, table_cells=1)
+    # the legality check on a short prefix: the run's pre-eval TTT caught, the legal adaptations not
+    assert any("pre_eval_ttt: NOT prefix-invariant" in c["text"] for c in cells), [c["text"][-500:] for c in cells]
+    assert any("dynamic_krause: prefix-invariant [marked legal]" in c["text"] for c in cells)
 
 
 @pytest.mark.browser

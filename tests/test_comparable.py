@@ -159,7 +159,7 @@ def _record_meta(sets=(), steps=5604, sha="ab" * 32, data="fineweb10B_sp1024"):
     ({"sets": ["optim.matrix_lr=0.05"]}, "optim.matrix_lr"), ({"sets": ["train.ema_decay=0"]}, "EMA"),
     ({"sha": None}, "data")])
 def test_a_run_with_the_records_model_but_not_its_data_schedule_ema_or_steps_is_not_compared(meta_args, needle):
-    from dyneval.report import published_comparison, published_markdown
+    from dyneval.published_run import published_comparison, published_markdown
 
     meta = _record_meta(**meta_args)
     assert published_comparison(meta) == []

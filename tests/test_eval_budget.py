@@ -48,7 +48,7 @@ def test_the_eval_budget_figure_is_written_and_draws_the_600_s_cap_only_for_8_re
 
 
 def test_the_legal_front_keeps_the_legal_variants_no_other_legal_one_beats_on_seconds_and_delta():
-    from dyneval.report import legal_front
+    from dyneval.stats import legal_front
     rows = [{"variant": n, "legal": legal, "delta_bpb_mean": d, "eval_seconds_mean": s}
             for n, (legal, d, s) in VARIANTS.items()]
     assert [r["variant"] for r in legal_front(rows)] == ["nonoverlap", "sliding", "dynamic_tail", "dynamic_krause"]

@@ -175,3 +175,49 @@ def test_reproduce_and_report_with_another_out_write_their_tables_there_and_leav
     assert main(["report", "--runs", str(tmp_path / "x")]) == 0
     assert Path(asked[-1][1]) == tmp_path / "x" / "figures"
     assert project_figures() == before
+
+
+def test_notebook_04_takes_every_variant_description_from_the_registry_and_states_no_chunk_size_of_its_own():
+    """04 once carried a third copy of the variants' descriptions, saying "32k-token chunk" where the smoke
+    profile scores 4,096-token chunks: the descriptions come from `variants.VARIANTS`, the sizes from the config."""
+    import re
+
+    from dyneval.variants import VARIANTS
+    text = (REPO / "notebooks" / "04_evaluate.py").read_text()
+    sizes = re.findall(r"\d[\d,]*\s*k?-?\s*tokens?[ -]chunk|chunks? of \d[\d,]*\s*k?", text, flags=re.I)
+    assert not sizes, f"04 states chunk sizes of its own: {sizes} (take them from run.cfg.eval)"
+    copied = [name for name in VARIANTS if re.search(rf"^#\s*\|\s*`{re.escape(name)}`", text, flags=re.M)]
+    assert not copied, f"04 has a table of its own for {copied}: show variants.VARIANTS instead"
+    assert "VARIANTS" in text and "ttt_chunk_tokens" in text
+
+
+def test_the_artifact_budget_02_shows_stores_each_tensor_as_the_exporter_does():
+    """preview.stored_bytes mirrors quant.quantize_state_dict tensor by tensor: the same treatment, the same bytes."""
+    from dyneval import preview, quant
+    from dyneval.model import GPT
+    from dyneval.notebook import make_config
+    cfg = make_config("smoke", 42, ", ".join(QUICK), "data")
+    for threshold in (0, 64):  # 0: vectors quantized too (an int8 vector's scale is fp32)
+        settings = quant.QuantSettings(passthrough_max_numel=threshold)
+        tensors, meta = quant.quantize_state_dict(GPT(cfg.model).state_dict(), settings)
+        rows = preview.stored_bytes(cfg, settings)
+        assert sum(r["stored_bytes"] for r in rows) == sum(t.numel() * t.element_size() for t in tensors.values())
+    kinds = {r["treatment"].split(" ")[0]: r["tensors"] for r in rows}
+    exported = {}
+    for m in meta.values():
+        kind = {"passthrough": "passthrough", "passthrough_ctrl": "control"}.get(m, None) if isinstance(m, str) else m["type"]
+        exported[kind] = exported.get(kind, 0) + 1
+    assert kinds == exported and len(kinds) == 4, (kinds, exported)
+    budget = preview.artifact_budget(preview_cfg := make_config("record", 42, "", "data"))
+    assert sum(g["params"] for g in preview.parameter_groups(preview_cfg)) == sum(r["params"] for r in budget["rows"])
+
+
+def test_the_schedules_02_draws_before_training_are_the_ones_training_follows(corpus_root, tmp_path):
+    from dyneval import notebook, preview
+    cfg = _tiny_session_config(corpus_root)
+    meta = notebook.train_stage(cfg, tmp_path / "run", log=lambda *_: None)
+    s = preview.training_schedule(cfg)
+    assert meta["late_qat_step"] == s["qat_step"] is not None
+    logged = meta["history"]["train"]  # "step" counts steps done: the lr of step k was set before it, at index k-1
+    assert [h["lr_scale"] for h in logged] == [s["lr_scale"][h["step"] - 1] for h in logged]
+    assert len(s["steps"]) == cfg.train.iterations == meta["steps"]

@@ -62,7 +62,7 @@ def _fake_run(root, profile, seed=42):
 
 
 def test_the_published_logs_ship_with_the_package_and_name_their_source():
-    from dyneval.report import load_published
+    from dyneval.published_run import load_published
     logs = load_published()
     assert "PR #397" in logs["source"] and set(logs["seeds"]) == {"42", "7", "2024"}
     assert logs["seeds"]["42"]["final"]["final_dyneval_exact"]["val_bpb"] == pytest.approx(1.1364, abs=1e-4)
@@ -82,11 +82,13 @@ def test_the_training_figure_overlays_the_published_curves_only_for_record_profi
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from dyneval.report import NOT_COMPARABLE, plot_training_curves
+    from dyneval.figures import plot_training_curves
+    from dyneval.report import NOT_COMPARABLE, published_curves
     for profile, shown in (("record_1gpu", True), ("record", True), ("smoke", False)):
         meta = json.loads((_fake_run(tmp_path / profile, profile, seed=7) / "meta.json").read_text())
         fig, (a, b) = plt.subplots(1, 2)
-        note = plot_training_curves(a, b, {7: meta})
+        published, note = published_curves({7: meta})
+        plot_training_curves(a, b, {7: meta}, published)
         labels = [l.get_label() for l in a.get_lines() + b.get_lines()]
         assert any(l.startswith("published") for l in labels) == shown, profile
         assert (note == NOT_COMPARABLE) != shown
@@ -104,7 +106,7 @@ def test_a_smoke_report_says_in_a_sentence_why_nothing_published_is_shown(tmp_pa
 def test_an_unpublished_seed_is_compared_with_the_published_mean():
     from dyneval.config import resolve
     load = lambda profile, sets: resolve(profile, overrides=sets).config  # noqa: E731
-    from dyneval.report import published_comparison
+    from dyneval.published_run import published_comparison
     meta = {"config": load("record_1gpu", ["train.seed=1337"]).to_dict(), "steps": 5604, "tokenizer_sha256": "ab" * 32}
     rows = published_comparison(meta)
     assert rows[0]["published_as"] == "mean of seeds 42, 7, 2024"
