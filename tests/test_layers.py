@@ -34,14 +34,14 @@ LIBRARY = {
     "files": 0, "cpu": 0, "distributed": 0, "runfolder": 0, "__init__": 0,
     # 1: configuration (the stage dataclasses and coercion, presets, the environment shim, resolution)
     "sections": 1, "presets": 1, "environ": 1, "config": 1,
-    # 2: what a run is made of: data, the model, the quantizer and artifact format
-    "data": 2, "corpus": 2, "graphs": 2, "model": 2, "quant": 2,
+    # 2: what a run is made of: data, the model, the quantizer and artifact format; the published run
+    "data": 2, "corpus": 2, "graphs": 2, "model": 2, "quant": 2, "published_run": 2,
     # 3: optimizers and scoring
     "optim": 3, "evaluate": 3,
     # 4: adaptation while scoring
     "adapt": 4,
-    # 5: the variant registry, statistics over results
-    "variants": 5, "stats": 5,
+    # 5: the variant registry, statistics over results, a run previewed before it trains
+    "variants": 5, "stats": 5, "preview": 5,
     # 6: figures of those statistics
     "figures": 6,
 }
