@@ -58,9 +58,10 @@ display(Markdown((run_dir / "eval" / "ablation.md").read_text()))
 
 # %% [markdown]
 # How to read the table: every Δ is against `sliding` on the same artifact, so it measures the
-# variant alone. `nonoverlap` sits above `sliding` (its first tokens in each window see little
-# context); the `pre_eval_ttt` rows sit below it but are **not legal** (they trained on the tokens
-# they then score); among the legal rows, compare `dynamic` (the run's own dynamic eval, faithful to
+# variant alone. On the smoke and record profiles `nonoverlap` sits above `sliding` (the first tokens
+# of each of its windows see little context; on a tiny undertrained model the difference can go either
+# way); the `pre_eval_ttt` rows sit below it but are **not legal** (they trained on the tokens they
+# then score); among the legal rows, compare `dynamic` (the run's own dynamic eval, faithful to
 # its quirks) with `dynamic_tail` and `dynamic_krause`: a negative Δ there is what adaptation buys
 # within the rules. The seconds column is the price. One seed says nothing about significance:
 # notebook 05 puts the seeds together with paired t-tests.

@@ -241,14 +241,33 @@ class Notebook:
                 return
             time.sleep(0.3)
 
+    def accept_kernel_dialog(self) -> None:
+        """Under load JupyterLab may ask which kernel to start (its first one was slow to answer): take the
+        preferred one, the notebook's python3, as a person would."""
+        dialog = self.page.locator(".jp-Dialog")
+        if dialog.count():
+            dialog.get_by_role("button", name="Select", exact=True).click()
+            self.wait_idle(120)
+
     def run_all(self, **wait) -> None:
-        self.menu("Run", "Run All Cells")
-        # on a loaded machine the kernel may still be connecting: an idle status before the first cell is
-        # even queued would end the wait at once, so wait first for some cell to be queued or run
-        deadline = time.monotonic() + 120
-        while all(c["prompt"] == "[ ]:" for c in self.cells()) and time.monotonic() < deadline:
-            time.sleep(0.3)
+        self.start_all()
         self.wait_idle(**wait)
+
+    def start_all(self) -> None:
+        """Run ▸ Run All Cells, until some cell is queued or running.
+
+        On a loaded machine the click can come before the notebook takes commands, and nothing runs: an
+        idle kernel would then end the wait at once. Wait for some cell to be queued; click again, twice at most.
+        """
+        for attempt in range(3):
+            self.accept_kernel_dialog()
+            self.menu("Run", "Run All Cells")
+            deadline = time.monotonic() + 45
+            while all(c["prompt"] == "[ ]:" for c in self.cells()) and time.monotonic() < deadline:
+                time.sleep(0.3)
+            if not all(c["prompt"] == "[ ]:" for c in self.cells()):
+                return
+            self.screenshot(f"run_all_not_started_{attempt}")
 
     def save(self) -> dict:
         """Ctrl+S, then the notebook as saved: what the frontend held, with each output's type."""
@@ -393,7 +412,7 @@ def test_02_train_streams_its_log_and_resumes_after_an_interrupt_at_the_uninterr
             seen.append((time.monotonic(), len(steps)))
         return len(steps) >= 8  # interrupt now: several steps in, most of the run still ahead
 
-    nb.menu("Run", "Run All Cells")
+    nb.start_all()
     nb.wait_idle(while_busy=watch)
     assert seen and seen[-1][1] >= 8, f"training ended before it could be interrupted: {seen}"
     # streaming: the step lines arrived one after another while the cell was still running
