@@ -249,6 +249,8 @@ def setup(cfg: RunConfig, out_dir: str | Path, device: str | None) -> tuple[Trai
         raise ValueError(f"train_batch_tokens={tc.train_batch_tokens} gives {local_tokens} tokens per rank and "
                          f"micro-step, not a multiple of train_seq_len={tc.train_seq_len}")
     backends = configure_backends(cfg, ctx.device)
+    data.check_tune_unread(data.train_pattern(tc.data_path), tc.iterations,
+                           data.tokens_per_step(tc.train_batch_tokens, tc.grad_accum_total), tc.max_wallclock_seconds > 0, log)
     loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), ctx.rank, ctx.world_size, ctx.device,
                                          cfg.model.vocab_size)
     lut = data.build_byte_lut(tc.tokenizer_path, cfg.model.vocab_size).to(ctx.device)  # vocab size first
