@@ -322,22 +322,10 @@ def cmd_legality(args) -> int:
 
 def cmd_sweep(args) -> int:
     from . import distributed, sweep
-    from .config import resolve
-    from .quant import run_artifact
-    from .variants import RUN_OVERRIDABLE, VARIANTS, parse_quirks
 
-    if args.variant not in VARIANTS:
-        raise ValueError(f"--variant {args.variant!r}: unknown variant: choose from {', '.join(VARIANTS)}")
-    cfg = resolve(None, run_dir=args.run_dir, overrides=args.set or [], run_overridable=RUN_OVERRIDABLE).config
-    grid = sweep.parse_grid(args.grid or [], cfg)
-    meta = json.loads((Path(args.run_dir) / "meta.json").read_text())
-    quirks = parse_quirks(args.quirks or "")
-    if not meta.get("qat_enabled_at_end", True):
-        import dataclasses
-        quirks = dataclasses.replace(quirks, qat_on=False)
     try:
-        sweep.sweep(cfg, run_artifact(args.run_dir), args.variant, grid, Path(args.out or Path(args.run_dir) / "sweep"),
-                    quirks, args.device, args.run_dir, log=lambda m: print(m, flush=True))
+        sweep.run_sweep(args.run_dir, args.variant, args.grid or [], args.out, args.set or [], args.quirks or "",
+                        args.device, log=lambda m: print(m, flush=True))
     finally:
         distributed.teardown()
     return 0

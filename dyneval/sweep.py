@@ -194,6 +194,35 @@ def sweep(cfg: RunConfig, artifact: Path, variant: str, grid: dict[str, list], o
     return report
 
 
+def run_sweep(run_dir: str | Path, variant: str, grid_items: list[str] | str, out: str | Path | None = None,
+              overrides: list[str] = (), quirks: str = "", device: str | None = None, root: str | Path | None = None,
+              log=print) -> dict:
+    """`python -m dyneval sweep` (and notebook 06): a run folder's config (its meta.json, with `overrides` of
+    eval.* fields), its latest artifact, the grid from `FIELD=v1,v2` items (or one string of them joined
+    by `;`), into `out` (default `<run_dir>/sweep`). With `root`, relative data and tokenizer paths of the
+    run's config are taken from it (a notebook's working directory is not the project's)."""
+    import json
+
+    from .config import resolve
+    from .quant import run_artifact
+    from .variants import RUN_OVERRIDABLE, parse_quirks
+
+    if variant not in VARIANTS:
+        raise ValueError(f"--variant {variant!r}: unknown variant: choose from {', '.join(VARIANTS)}")
+    cfg = resolve(None, run_dir=str(run_dir), overrides=list(overrides), run_overridable=RUN_OVERRIDABLE).config
+    if root is not None:
+        cfg = cfg.with_overrides({f"train.{k}": str(Path(root) / getattr(cfg.train, k))
+                                  for k in ("data_path", "tokenizer_path") if not Path(getattr(cfg.train, k)).is_absolute()})
+    if isinstance(grid_items, str):
+        grid_items = [g for g in (t.strip() for t in grid_items.split(";")) if g]
+    grid = parse_grid(grid_items, cfg)
+    q = parse_quirks(quirks)
+    if not json.loads((Path(run_dir) / "meta.json").read_text()).get("qat_enabled_at_end", True):
+        q = dataclasses.replace(q, qat_on=False)  # as evaluate: no fake quantization the run never had
+    return sweep(cfg, run_artifact(run_dir), variant, grid, Path(out or Path(run_dir) / "sweep"), q, device,
+                 str(run_dir), log)
+
+
 def _label(setting: dict) -> str:
     return ", ".join(f"{k.split('.', 1)[1]}={v:g}" if isinstance(v, float) else f"{k.split('.', 1)[1]}={v}"
                      for k, v in setting.items())
@@ -251,9 +280,10 @@ def figure(report: dict, out: Path) -> list[Path]:
         ax.set_ylabel(fields[0])
         for i in range(len(rows)):
             for j in range(len(cols)):
+                dark = m[i, j] == m[i, j] and abs(m[i, j]) > 0.6 * lim
                 ax.text(j, i, "diverged" if m[i, j] != m[i, j] else f"{m[i, j]:+.4f}", ha="center", va="center",
-                        fontsize=7)
-        ax.plot(cols.index(choice[fields[1]]), rows.index(choice[fields[0]]), "s", ms=22, mfc="none", mec="k", mew=2)
+                        fontsize=7, color="w" if dark else "k")
+        ax.plot(cols.index(choice[fields[1]]), rows.index(choice[fields[0]]), "s", ms=26, mfc="none", mec="C1", mew=2.5)
         if len(fields) > 2:
             ax.text(0, -0.18, "other fields at the choice: " + _label({f: choice[f] for f in fields[2:]}),
                     transform=ax.transAxes, fontsize=7)
@@ -268,3 +298,23 @@ def figure(report: dict, out: Path) -> list[Path]:
             fig.savefig(fh, format=p.suffix[1:], metadata=meta)
     plt.close(fig)
     return paths
+
+
+def summary_markdown(report: dict) -> str:
+    """The sweep as Markdown: every setting's tuning score, the choice, and the three validation scores."""
+    fields = list(report["grid"])
+    base = report["sliding_tune"]["bpb"]
+    lines = [f"| {' | '.join(f.split('.', 1)[1] for f in fields)} | tuning bpb | Δ vs sliding (tuning) |",
+             "|" + "---|" * (len(fields) + 2)]
+    for e in report["tuning"]:
+        cells = [f"{e['setting'][f]:g}" if isinstance(e["setting"][f], float) else str(e["setting"][f]) for f in fields]
+        mark = " **(choice)**" if e["setting"] == report["choice"]["setting"] else ""
+        score = f"{e['bpb']:.5f}{mark} | {e['bpb'] - base:+.5f}" if e["bpb"] is not None else f"failed | {e['error']}"
+        lines.append(f"| {' | '.join(cells)} | {score} |")
+    v = report["validation"]
+    lines += ["", f"Validation (scored after the choice, never used for it): **{report['variant']}** with "
+              f"{_label(report['choice']['setting'])}: {v['choice']['bpb']:.5f} bpb (Δ vs sliding "
+              f"{v['delta_vs_sliding']['choice']:+.5f}); with the run's default {_label(report['default'])}: "
+              f"{v['default']['bpb']:.5f} (Δ {v['delta_vs_sliding']['default']:+.5f}); sliding {v['sliding']['bpb']:.5f}. "
+              f"Tuning stream: {report['tune_stream']['targets']:,} targets of {', '.join(report['tune_stream']['files'])}."]
+    return "\n".join(lines)
