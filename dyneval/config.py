@@ -489,7 +489,8 @@ def _gpu_smoke() -> RunConfig:
     accumulation). Schedules keep record_1gpu's proportions of its 5,604 steps: warmdown 3,000 → 320,
     momentum warm-up 1,500 → 160. Validation uses every embedded validation token (53,249 after
     trimming: 832 sliding windows), so every variant evaluates in about a minute. The embedded train
-    split (736 k tokens) is seen ~107 times: a pipeline and speed check, not a model worth scoring.
+    split (705 k tokens since the tune split, format 3) is seen ~111 times: a pipeline and speed check,
+    not a model worth scoring.
     TODO(lead): name the 8 ranks it reproduces once RunConfig has the field (nproc is the process count).
     """
     return RunConfig(

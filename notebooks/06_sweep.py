@@ -53,8 +53,8 @@ display(Markdown(sweep.summary_markdown(report)))
 # it hurts); the framed cell is the choice; the title gives what the choice scores on validation, beside
 # the run's default setting. What the smoke profile's seed-42 sweeps showed (docs/SWEEP.md):
 #
-# - `dynamic_krause`: the rate matters, the decay little. At lr 3e-4 the three decays lie within
-#   0.0003 bpb of each other; at lr 1e-3 every decay is *worse than sliding* on the tuning stream
+# - `dynamic_krause`: the rate matters, the decay less. At lr 3e-4 the decays 0, 0.01 and 0.02 lie
+#   within 0.0016 bpb of each other; at lr 1e-3 every decay is *worse than sliding* on the tuning stream
 #   (+0.04 to +0.09 bpb), although lr 1e-3 was the best rate in the old hand sweep on validation. A
 #   surface that falls off a cliff one step past its optimum is what tuning on the test set hides.
 # - The choice scores a little worse on validation than the hand-tuned default did (0.0008 bpb for
