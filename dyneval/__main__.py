@@ -51,6 +51,8 @@ def add_data_command(sub) -> None:
     f = dsub.add_parser("fineweb", help="the challenge's FineWeb export from the Hugging Face Hub")
     f.add_argument("--variant", default="sp1024")
     f.add_argument("--train-shards", type=int, default=80, help="the challenge's default: 80 shards, 8 B tokens")
+    f.add_argument("--tune", action="store_true", help="also fetch the tuning shard of `sweep`, fineweb_train_000079.bin "
+                   "(the last train shard, which the record's 5,604 steps never read; part of the default 80)")
     f.add_argument("--out", default="data")
     f.add_argument("--data-path", help="use an existing local copy of the shard folder instead")
     f.add_argument("--tokenizer-path", help="with --data-path: the tokenizer of that copy")
@@ -87,11 +89,25 @@ def add_legality_command(sub) -> None:
     lg.add_argument("--json", metavar="FILE", help="also write the report as JSON")
 
 
+def add_sweep_command(sub) -> None:
+    sw = sub.add_parser("sweep", help="tune a variant's eval.* rates on the held-out tuning stream, then score the "
+                                      "choice once on validation")
+    sw.add_argument("--run-dir", required=True, help="a finished training run: its meta.json config and its artifact")
+    sw.add_argument("--variant", required=True, help="a registry variant, e.g. dynamic_tail")
+    sw.add_argument("--grid", action="append", metavar="FIELD=v1,v2,...",
+                    help="an eval.* field and its values (repeatable: the cartesian product is scored)")
+    sw.add_argument("--out", help="default: <run-dir>/sweep")
+    sw.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override an eval.* field for every setting")
+    sw.add_argument("--quirks", help="the run's quirks for its own variants, e.g. qat_on=0")
+    sw.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m dyneval", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks of bad-input errors too")
     sub = p.add_subparsers(dest="command", required=True)
     add_data_command(sub)
+    add_sweep_command(sub)
 
     t = sub.add_parser("train", help="train (also under torchrun)")
     config_args(t)
@@ -191,7 +207,7 @@ def cmd_data(args) -> int:
                              "(or --env with DATA_PATH and TOKENIZER_PATH)")
         print(corpus.existing_copy(data_path, tokenizer_path))
     else:
-        corpus.download_fineweb(args.out, args.variant, args.train_shards)
+        corpus.download_fineweb(args.out, args.variant, args.train_shards, tune=args.tune)
     return 0
 
 
@@ -298,6 +314,17 @@ def cmd_legality(args) -> int:
     return 0 if report["ok"] else 1
 
 
+def cmd_sweep(args) -> int:
+    from . import distributed, sweep
+
+    try:
+        sweep.run_sweep(args.run_dir, args.variant, args.grid or [], args.out, args.set or [], args.quirks or "",
+                        args.device, log=lambda m: print(m, flush=True))
+    finally:
+        distributed.teardown()
+    return 0
+
+
 def cmd_parity(args) -> int:
     from . import parity
 
@@ -362,11 +389,11 @@ def cmd_config(args) -> int:
 
 COMMANDS = {"data": cmd_data, "train": cmd_train, "export": cmd_export, "evaluate": cmd_evaluate,
             "parity": cmd_parity, "reproduce": cmd_reproduce, "report": cmd_report, "bench": cmd_bench,
-            "config": cmd_config, "legality": cmd_legality}
+            "config": cmd_config, "legality": cmd_legality, "sweep": cmd_sweep}
 
 
 # Commands that compute with torch in this process: their OpenMP wait policy follows the machine's load.
-TORCH_COMMANDS = ("train", "export", "evaluate", "parity", "bench", "legality")
+TORCH_COMMANDS = ("train", "export", "evaluate", "parity", "bench", "legality", "sweep")
 
 
 def main(argv=None) -> int:

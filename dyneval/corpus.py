@@ -5,11 +5,14 @@ Owns making and fetching data in the challenge's layout (`<root>/datasets/<name>
 
 - `build_embedded`: English documentation text every CPython ships (the `pydoc_data` topics and
   the standard library's module, class and function docstrings, read with `ast`, never imported),
-  split into documents, a SentencePiece BPE trained with the challenge's settings, and BOS-prefixed
-  train/val shards with a manifest. Deterministic for a given Python version; cached.
+  split into documents, a SentencePiece BPE trained with the challenge's settings (on the train
+  documents only), and BOS-prefixed train/val/tune shards with a manifest. Deterministic for a given
+  Python version; cached. The tune split (whole documents, held out of train, val and the tokenizer)
+  is the stream `sweep` tunes adaptation rates on, so validation is scored once, never tuned on.
 - `download_fineweb`: the published export (`willdepueoai/parameter-golf`, under `datasets/`):
-  manifest first, then the tokenizer, every val shard and the first N train shards, skipping
-  files already present and verified.
+  manifest first, then the tokenizer, every val shard and the first N train shards (and, with
+  `tune=True`, the tuning shard `TUNE_SHARD`, the last train shard, which the record never reads),
+  skipping files already present and verified.
 """
 
 from __future__ import annotations
@@ -31,9 +34,13 @@ from . import data, files
 EMBEDDED_NAME = "embedded_sp1024"
 EMBEDDED_TOKENIZER = "embedded_1024_bpe.model"
 EMBEDDED_VAL_FRACTION = 0.05  # the first 5% of the (shuffled) documents are validation, as the challenge's first 50k
+# The tune split: the next 5% of the shuffled documents after val, taken from what was train, so the val
+# documents stay exactly the earlier format's. Same share as val, so the tuning stream is about val's size
+# (~50 k tokens) and the smoke's 32,769-token cap scores the same number of tokens on both.
+EMBEDDED_TUNE_FRACTION = 0.05
 EMBEDDED_SHUFFLE_SEED = 1234
 EMBEDDED_SHARD_TOKENS = 1_000_000
-EMBEDDED_FORMAT = 2  # bump when the document split changes, so cached corpora are rebuilt
+EMBEDDED_FORMAT = 3  # bump when the document split changes, so cached corpora are rebuilt (3: the tune split)
 MIN_DOC_CHARS = 200  # shorter docstrings are dropped: too little text to be a document
 
 # The challenge's tokenizer settings (REFERENCE.md, 'Data, as the challenge publishes it').
@@ -96,6 +103,13 @@ def embedded_documents() -> list[str]:
     return docs
 
 
+def split_documents(docs: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(val, tune, train): the first 5% of the shuffled documents, the next 5%, the rest. Whole documents."""
+    n_val = max(1, int(len(docs) * EMBEDDED_VAL_FRACTION))
+    n_tune = max(1, int(len(docs) * EMBEDDED_TUNE_FRACTION))
+    return docs[:n_val], docs[n_val: n_val + n_tune], docs[n_val + n_tune:]
+
+
 def _train_tokenizer(docs: list[str], model_path: Path) -> None:
     import sentencepiece as spm
 
@@ -149,32 +163,33 @@ def build_embedded(root: str | Path = "data", force: bool = False, log=print) ->
         return json.loads(manifest_path.read_text())
     t0 = time.perf_counter()
     docs = embedded_documents()
-    n_val = max(1, int(len(docs) * EMBEDDED_VAL_FRACTION))
-    val_docs, train_docs = docs[:n_val], docs[n_val:]
+    val_docs, tune_docs, train_docs = split_documents(docs)
     tok_path = root / "tokenizers" / EMBEDDED_TOKENIZER
-    _train_tokenizer(train_docs, tok_path)
+    _train_tokenizer(train_docs, tok_path)  # never on val or tune documents
     sp = data.load_tokenizer(tok_path)
     ds.mkdir(parents=True, exist_ok=True)
     for old in ds.glob("fineweb_*.bin"):
         old.unlink()
-    train_tokens, val_tokens = _encode(train_docs, sp), _encode(val_docs, sp)
+    train_tokens, val_tokens, tune_tokens = _encode(train_docs, sp), _encode(val_docs, sp), _encode(tune_docs, sp)
     written = [tok_path] + _write_split(train_tokens, ds, "train", EMBEDDED_SHARD_TOKENS) \
-        + _write_split(val_tokens, ds, "val", EMBEDDED_SHARD_TOKENS)
+        + _write_split(val_tokens, ds, "val", EMBEDDED_SHARD_TOKENS) \
+        + _write_split(tune_tokens, ds, "tune", EMBEDDED_SHARD_TOKENS)
     lut = data.build_byte_lut(tok_path, sp.vocab_size())
     import torch
 
     val_bytes = data.count_bytes(torch.from_numpy(val_tokens.astype(np.int64)), lut)
     manifest = {
         "name": EMBEDDED_NAME, "format": EMBEDDED_FORMAT, "python": sys.version.split()[0], "sp_settings": SP_SETTINGS,
-        "docs": {"train": len(train_docs), "val": len(val_docs)},
-        "tokens": {"train": int(train_tokens.size), "val": int(val_tokens.size)},
+        "docs": {"train": len(train_docs), "val": len(val_docs), "tune": len(tune_docs)},
+        "tokens": {"train": int(train_tokens.size), "val": int(val_tokens.size), "tune": int(tune_tokens.size)},
         "val_bytes": val_bytes, "val_bytes_per_token": val_bytes / max(val_tokens.size - 1, 1),
         "tokenizer": str(tok_path.relative_to(root)),
         "sha256": {str(f.relative_to(root)): files.sha256_file(f) for f in written},
         "seconds": round(time.perf_counter() - t0, 2),
     }
     files.write_json(manifest_path, manifest)
-    log(f"embedded corpus: {len(docs)} docs, {train_tokens.size:,} train + {val_tokens.size:,} val tokens, "
+    log(f"embedded corpus: {len(docs)} docs, {train_tokens.size:,} train + {val_tokens.size:,} val + "
+        f"{tune_tokens.size:,} tune tokens, "
         f"{manifest['val_bytes_per_token']:.3f} bytes/token, in {manifest['seconds']:.1f} s -> {ds}")
     return manifest
 
@@ -234,8 +249,9 @@ def _verified_shard(path: Path, expect: dict | None) -> bool:
 
 
 def download_fineweb(root: str | Path = "data", variant: str = "sp1024", train_shards: int = 1,
-                     fetch=hub_fetch, log=print) -> dict:
-    """Fetch the manifest, the tokenizer, all val shards and the first `train_shards` train shards.
+                     fetch=hub_fetch, log=print, tune: bool = False) -> dict:
+    """Fetch the manifest, the tokenizer, all val shards and the first `train_shards` train shards,
+    and with `tune` the tuning shard `data.FINEWEB_TUNE_SHARD` (the last train shard; `sweep` scores on it).
 
     Files already present and verified (shard header consistent with size; sizes from the manifest
     when it gives them) are skipped; a file that fails verification after download is removed and
@@ -267,8 +283,13 @@ def download_fineweb(root: str | Path = "data", variant: str = "sp1024", train_s
     sizes = manifest.get("files", {})
     todo = [(t, root / t) for t in (tok_files or [f"tokenizers/{tok_file}"])]
     todo += [(f"datasets/{name}/fineweb_val_{i:06d}.bin", ds / f"fineweb_val_{i:06d}.bin") for i in range(n_val)]
-    todo += [(f"datasets/{name}/fineweb_train_{i:06d}.bin", ds / f"fineweb_train_{i:06d}.bin")
-             for i in range(train_shards)]
+    train_names = [f"fineweb_train_{i:06d}.bin" for i in range(train_shards)]
+    if tune and data.FINEWEB_TUNE_SHARD not in train_names:
+        if data.FINEWEB_TUNE_SHARD not in {f"fineweb_train_{i:06d}.bin" for i in range(n_train)}:
+            raise ValueError(f"--tune: the export lists only {n_train} train shards, so it has no "
+                             f"{data.FINEWEB_TUNE_SHARD} to tune on")
+        train_names.append(data.FINEWEB_TUNE_SHARD)
+    todo += [(f"datasets/{name}/{n}", ds / n) for n in train_names]
     fetched, skipped = 0, 0
     progress = _progress(len(todo), log)
     for remote, dest in todo:
@@ -287,7 +308,8 @@ def download_fineweb(root: str | Path = "data", variant: str = "sp1024", train_s
         progress(remote)
     log(f"fineweb {variant}: {fetched} fetched, {skipped} already present -> {ds}")
     return {"dataset": str(ds), "tokenizer": str(root / (tok_files[0] if tok_files else f"tokenizers/{tok_file}")),
-            "fetched": fetched, "skipped": skipped, "train_shards": train_shards, "val_shards": n_val}
+            "fetched": fetched, "skipped": skipped, "train_shards": train_shards, "val_shards": n_val,
+            "tune_shard": data.FINEWEB_TUNE_SHARD if data.FINEWEB_TUNE_SHARD in train_names else None}
 
 
 def _progress(total: int, log):

@@ -88,6 +88,51 @@ def val_pattern(data_path: str | Path) -> str:
     return str(Path(data_path) / "fineweb_val_*.bin")
 
 
+# The tuning stream of `sweep`, seen by neither training nor validation. The embedded corpus has a tune split
+# of whole documents (corpus.py); FineWeb's export has none, so it is the last of its 80 train shards of
+# 100 M tokens: the record's 5,604 steps x (786,432 + 8) tokens = 4.41 B tokens end inside shard 44
+# (`shards_read`), and `TokenStream` refuses to open this one, so training can never silently read it.
+FINEWEB_TUNE_SHARD = "fineweb_train_000079.bin"
+
+
+def tune_pattern(data_path: str | Path) -> str:
+    """The tune split's shards (`fineweb_tune_*.bin`) where the folder has them, else FineWeb's `FINEWEB_TUNE_SHARD`."""
+    own = Path(data_path) / "fineweb_tune_*.bin"
+    return str(own) if glob.glob(str(own)) else str(Path(data_path) / FINEWEB_TUNE_SHARD)
+
+
+def tokens_per_step(train_batch_tokens: int, grad_accum_total: int) -> int:
+    """Tokens the loader takes per optimizer step: each of the 8 micro-step spans (all ranks) carries one
+    token more than it trains on (x and y overlap), for every world size (`DistributedTokenLoader`)."""
+    return train_batch_tokens + grad_accum_total
+
+
+def shards_read(shard_tokens: list[int], tokens: int) -> int:
+    """How many shards (in sorted order, from the first) a stream of `tokens` tokens opens, wrapping included."""
+    total = sum(shard_tokens)
+    if tokens <= 0 or total <= 0:
+        return 1 if shard_tokens else 0
+    if tokens > total:  # it wraps: every shard is read
+        return len(shard_tokens)
+    return int(np.searchsorted(np.cumsum(shard_tokens), tokens, side="left")) + 1
+
+
+def check_tune_unread(pattern: str, steps: int, step_tokens: int, capped: bool, log=print) -> None:
+    """Refuse a training run whose `steps` would reach the tuning shard; only warn when a wall-clock cap
+    (`capped`) stops it earlier (`steps` is then an upper bound; `TokenStream` still refuses on arrival)."""
+    shards = shard_files(pattern)
+    if FINEWEB_TUNE_SHARD not in [f.name for f in shards]:
+        return
+    stop = [f.name for f in shards].index(FINEWEB_TUNE_SHARD)
+    opened = shards_read([read_header(f) for f in shards], steps * step_tokens)
+    if opened > stop:
+        msg = (f"{shards[stop]}: {steps} steps x {step_tokens:,} tokens would reach the tuning shard of `sweep` "
+               f"(the loader opens {opened} of {len(shards)} shards): lower train.iterations or remove it from the train folder")
+        if not capped:
+            raise ValueError(msg)
+        log(f"warning: {msg} (the wall-clock cap may stop training first; the loader refuses to open it)")
+
+
 def check_token_ids(tokens: np.ndarray, vocab_size: int | None, path, offset: int = 0) -> None:
     """Refuse token ids the model has no embedding for (a shard made with another tokenizer)."""
     if vocab_size and tokens.size and int(tokens.max()) >= vocab_size:
@@ -129,13 +174,20 @@ class TokenStream:
             if read_header(f) == 0:  # take() would wrap around empty shards forever
                 raise ShardError(f"{f}: the training shard holds no tokens: remove it or make the data again")
         self.file_idx, self.pos = 0, 0
+        self._refuse_tune_shard()
         self.tokens = read_shard(self.files[0])
+
+    def _refuse_tune_shard(self) -> None:
+        if self.files[self.file_idx].name == FINEWEB_TUNE_SHARD:
+            raise ShardError(f"{self.files[self.file_idx]}: the training stream reached the tuning shard of `sweep`, "
+                             f"which training must never read: lower train.iterations or remove it from the train folder")
 
     def state(self) -> dict:
         return {"file_idx": self.file_idx, "pos": self.pos}
 
     def load_state(self, state: dict) -> None:
         self.file_idx, self.pos = int(state["file_idx"]), int(state["pos"])
+        self._refuse_tune_shard()
         self.tokens = read_shard(self.files[self.file_idx])
 
     def take(self, n: int) -> torch.Tensor:
@@ -144,6 +196,7 @@ class TokenStream:
             avail = self.tokens.size - self.pos
             if avail <= 0:
                 self.file_idx = (self.file_idx + 1) % len(self.files)
+                self._refuse_tune_shard()
                 self.tokens, self.pos = read_shard(self.files[self.file_idx]), 0
                 continue
             k = min(remaining, avail)

@@ -36,11 +36,12 @@ def _smoke() -> RunConfig:
                           warmdown_iters=60, warmup_steps=2, ema_decay=0.9, val_loss_every=50, val_batch_size_tokens=8192,
                           train_log_every=10, compile="0", grad_accum_total=2, max_val_tokens=32769,
                           checkpoint_every=50, threads=2),
-        # The adaptation rates were swept on seed 42's smoke checkpoint (docs/LOG.md): an undertrained model
-        # on a small in-domain stream takes far larger steps than the record's would.
+        # The adaptation rates were tuned by `sweep` on the embedded tune split of seed 42's smoke run, never on
+        # validation (docs/SWEEP.md): an undertrained model on a small in-domain stream takes far larger steps
+        # than the record's would.
         eval=EvalConfig(eval_seq_len=256, eval_stride=64, eval_batch_seqs=16, dyneval_lr=0.001, adapt_every=4,
-                        ranks=1, ttt_batch_seqs=8, ttt_chunk_tokens=4096, max_val_tokens=32769, tail_lr=0.03,
-                        krause_lr=3e-4, krause_decay=0.01),
+                        ranks=1, ttt_batch_seqs=8, ttt_chunk_tokens=4096, max_val_tokens=32769, tail_lr=0.3,
+                        krause_lr=3e-4, krause_decay=0.02),
     )
 
 
@@ -53,7 +54,8 @@ def _gpu_smoke() -> RunConfig:
     accumulation). Schedules keep record_1gpu's proportions of its 5,604 steps: warmdown 3,000 → 320,
     momentum warm-up 1,500 → 160. Validation uses every embedded validation token (53,249 after
     trimming: 832 sliding windows), so every variant evaluates in about a minute. The embedded train
-    split (736 k tokens) is seen ~107 times: a pipeline and speed check, not a model worth scoring.
+    split (705 k tokens since the tune split, format 3) is seen ~111 times: a pipeline and speed check,
+    not a model worth scoring.
     TODO(lead): name the 8 ranks it reproduces once RunConfig has the field (nproc is the process count).
     """
     return RunConfig(

@@ -249,6 +249,8 @@ def build_trainer(cfg: RunConfig, out_dir: str | Path, device: str | None) -> tu
         raise ValueError(f"train_batch_tokens={tc.train_batch_tokens} gives {local_tokens} tokens per rank and "
                          f"micro-step, not a multiple of train_seq_len={tc.train_seq_len}")
     backends = configure_backends(cfg, ctx.device)
+    data.check_tune_unread(data.train_pattern(tc.data_path), tc.iterations,
+                           data.tokens_per_step(tc.train_batch_tokens, tc.grad_accum_total), tc.max_wallclock_seconds > 0, log)
     loader = data.DistributedTokenLoader(data.train_pattern(tc.data_path), ctx.rank, ctx.world_size, ctx.device,
                                          cfg.model.vocab_size)
     val = data.validation_inputs(tc, cfg.model.vocab_size, ctx.device, ctx.world_size)

@@ -11,8 +11,8 @@ from conftest import REPO
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
-def test_there_are_five_pipeline_notebooks_each_paired_with_a_py_percent_file():
-    assert [p.stem for p in NOTEBOOKS] == ["01_data", "02_train", "03_quantize", "04_evaluate", "05_report"]
+def test_there_are_five_pipeline_notebooks_and_the_sweep_each_paired_with_a_py_percent_file():
+    assert [p.stem for p in NOTEBOOKS] == ["01_data", "02_train", "03_quantize", "04_evaluate", "05_report", "06_sweep"]
     import jupytext
     for nb_path in NOTEBOOKS:
         nb = jupytext.read(nb_path)
@@ -39,7 +39,7 @@ def test_each_notebook_has_one_parameters_cell_of_plain_typed_values(path):
     tagged = [c for c in json.loads(path.read_text())["cells"] if "parameters" in c["metadata"].get("tags", [])]
     assert len(tagged) == 1
     assert all(p["inferred_type_name"] in ("str", "int", "float") and p["help"] for p in params.values()), params
-    if path.stem != "05_report":
+    if path.stem not in ("05_report", "06_sweep"):
         from dyneval.notebook import EXPORT_PARAMETERS, PARAMETERS
         assert set(params) == set(PARAMETERS) | (set(EXPORT_PARAMETERS) if path.stem == "03_quantize" else set())
 
@@ -122,6 +122,25 @@ def test_notebook_03_requantizes_a_run_with_other_settings_and_shows_the_change(
     assert exported["bits"] == 5 and exported["artifact"] == "final_model.int5.ptz"  # a name that says its bits
     text = out.read_text()
     assert "this export" in text and "training's export (the run's settings)" in text
+
+
+def test_notebook_06_sweeps_a_run_on_its_tuning_stream_and_shows_the_heatmap(corpus_root, tmp_path):
+    import papermill
+    from dyneval import notebook
+    cfg = _tiny_session_config(corpus_root)
+    run = tmp_path / "run"
+    notebook.train_stage(cfg, run, log=lambda *_: None)
+    out = tmp_path / "06.ipynb"
+    papermill.execute_notebook(str(REPO / "notebooks" / "06_sweep.ipynb"), str(out), kernel_name="python3",
+                               parameters={"run_dir": str(run), "variant": "dynamic_tail",
+                                           "grids": "eval.tail_lr=0.01,0.1", "out": str(tmp_path / "sweep")},
+                               cwd=str(tmp_path), progress_bar=False)
+    rep = json.loads((tmp_path / "sweep" / "sweep_dynamic_tail.json").read_text())
+    assert [e["setting"] for e in rep["tuning"]] == [{"eval.tail_lr": 0.01}, {"eval.tail_lr": 0.1}]
+    cells = json.loads(out.read_text())["cells"]
+    outputs = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the figure inline
+    assert any("(choice)" in "".join(o.get("data", {}).get("text/markdown", "")) for o in outputs)
 
 
 def test_notebook_launches_start_the_profiles_process_count_capped_by_the_gpus(monkeypatch):
