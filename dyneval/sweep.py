@@ -201,15 +201,13 @@ def run_sweep(run_dir: str | Path, variant: str, grid_items: list[str] | str, ou
     eval.* fields), its latest artifact, the grid from `FIELD=v1,v2` items (or one string of them joined
     by `;`), into `out` (default `<run_dir>/sweep`). With `root`, relative data and tokenizer paths of the
     run's config are taken from it (a notebook's working directory is not the project's)."""
-    import json
-
-    from .config import resolve
-    from .quant import run_artifact
-    from .variants import RUN_OVERRIDABLE, parse_quirks
+    from .config import is_run_overridable, resolve
+    from .runfolder import RunFolder
+    from .variants import parse_quirks
 
     if variant not in VARIANTS:
         raise ValueError(f"--variant {variant!r}: unknown variant: choose from {', '.join(VARIANTS)}")
-    cfg = resolve(None, run_dir=str(run_dir), overrides=list(overrides), run_overridable=RUN_OVERRIDABLE).config
+    cfg = resolve(None, run_dir=str(run_dir), overrides=list(overrides), run_overridable=is_run_overridable).config
     if root is not None:
         cfg = cfg.with_overrides({f"train.{k}": str(Path(root) / getattr(cfg.train, k))
                                   for k in ("data_path", "tokenizer_path") if not Path(getattr(cfg.train, k)).is_absolute()})
@@ -217,9 +215,10 @@ def run_sweep(run_dir: str | Path, variant: str, grid_items: list[str] | str, ou
         grid_items = [g for g in (t.strip() for t in grid_items.split(";")) if g]
     grid = parse_grid(grid_items, cfg)
     q = parse_quirks(quirks)
-    if not json.loads((Path(run_dir) / "meta.json").read_text()).get("qat_enabled_at_end", True):
+    run = RunFolder(run_dir)
+    if not run.qat_flag_set():
         q = dataclasses.replace(q, qat_on=False)  # as evaluate: no fake quantization the run never had
-    return sweep(cfg, run_artifact(run_dir), variant, grid, Path(out or Path(run_dir) / "sweep"), q, device,
+    return sweep(cfg, run.latest_artifact(), variant, grid, Path(out or Path(run_dir) / "sweep"), q, device,
                  str(run_dir), log)
 
 
