@@ -424,6 +424,7 @@ def doc_lora_ttt(model: GPT, tokens, lut, s: DocLoRASettings, seq_len: int, rank
                 scored += [(rank_of_batch[k + v], j, d) for j, d in enumerate(batches[k + v])]
             while phase < len(bounds) and len(scored) >= bounds[phase]:
                 chosen = [d for _, _, d in sorted(scored)][: bounds[phase]]
+                before = [p.detach().clone() for p in model.parameters()] if log is not None else []
                 for p in model.parameters():
                     p.requires_grad_(True)
                 steps = global_sgd(model, tokens, spans[chosen], phases, seq_len, ranks, autocast, name)
@@ -431,7 +432,10 @@ def doc_lora_ttt(model: GPT, tokens, lut, s: DocLoRASettings, seq_len: int, rank
                     p.requires_grad_(False)
                 model.eval()
                 if log is not None:
-                    log.setdefault("phases", []).append({"documents": len(chosen), "steps": steps})
+                    change = math.sqrt(sum(float((p.detach().float() - b.float()).square().sum())
+                                           for p, b in zip(model.parameters(), before)))
+                    log.setdefault("phases", []).append({"documents": len(chosen), "steps": steps,
+                                                         "weight_change": change})
                 phase += 1
     finally:
         for p in model.parameters():
