@@ -239,7 +239,11 @@ def run_doc_score(job: Job) -> tuple[EvalResult, dict]:
 
 
 def doc_ttt_variant(order: str, phased: bool):
-    """The field's per-document LoRA TTT (eager: the compiled path is not wired yet), with phased global SGD."""
+    """The field's per-document LoRA TTT (eager: the compiled path is not wired yet), with phased global SGD.
+
+    Not rank-local: batches are dealt to the real ranks in a fixed order and each document's adapters are its
+    own, so the scores do not depend on the rank count; the global SGD divides the sum over every rank's
+    sequences by the chunk's token count, so only its float summation order does."""
     def run(job: Job) -> tuple[EvalResult, dict]:
         e = job.cfg.eval
         s, g = doc_lora_settings(e), global_sgd_settings(e) if phased else None
@@ -307,13 +311,13 @@ VARIANTS = {v.name: v for v in [
             "dynamic_tail with Krause's RMS-normalised update and decay toward the trained weights", run_krause),
     Variant("doc_score", True, NO_ADAPTATION, False, False,
             "every document scored alone from its BOS (sliding windows inside long documents)", run_doc_score),
-    Variant("doc_lora_ttt", True, LEGAL, False, True,
+    Variant("doc_lora_ttt", True, LEGAL, False, False,
             "the field's per-document batched LoRA TTT (PR #1530): score a 48-token chunk, then one Adam step "
             "of that document's adapters", doc_ttt_variant("stream", phased=False)),
-    Variant("phased_ttt", True, LEGAL, False, True,
+    Variant("phased_ttt", True, LEGAL, False, False,
             "phased global SGD (PR #1610) over the first documents of the stream, then doc_lora_ttt",
             doc_ttt_variant("stream", phased=True)),
-    Variant("phased_ttt_field", True, LEGAL_FIELD_ORDER, False, True,
+    Variant("phased_ttt_field", True, LEGAL_FIELD_ORDER, False, False,
             "phased_ttt in the records' order (length-sorted batches, longest first)",
             doc_ttt_variant("field", phased=True), rule=SCORE_FIRST_ONLY),
 ]}
