@@ -181,5 +181,7 @@ def test_two_gloo_ranks_equal_two_virtual_ranks_on_doc_lora_ttt_and_phased_ttt(t
     real, virtual = np.load(paths["real"]), np.load(paths["virtual"])
     assert np.array_equal(real["lora"], virtual["lora"])
     assert np.allclose(real["phased"], virtual["phased"], rtol=1e-7, atol=0)
-    one = doc_ttt.doc_lora_ttt(tiny_model(), stream(), lut, LORA, SEQ, Ranks())  # batches do not depend on ranks
-    assert np.array_equal(np.sort(one.stream["nats"]), np.sort(real["lora"]))
+    # one rank scores the same documents the same way; this process runs 2 threads, the subprocesses 1 (other
+    # kernels), so to float tolerance
+    one = doc_ttt.doc_lora_ttt(tiny_model(), stream(), lut, LORA, SEQ, Ranks())
+    assert np.allclose(np.sort(one.stream["nats"]), np.sort(real["lora"]), rtol=1e-6, atol=0)
