@@ -307,7 +307,8 @@ def cmd_legality(args) -> int:
         if distributed.rank() == 0:
             failed = [n for n, v in report["variants"].items() if not v["ok"]]
             print(f"legality: {'PASS' if not failed else 'FAIL'}: " + (
-                "every variant marked legal is prefix-invariant" if not failed else
+                "every variant marked legal meets its rule (prefix-invariant unless marked score-before-update "
+                "only)" if not failed else
                 f"marked legal but not shown prefix-invariant: {', '.join(failed)}"))
     finally:
         distributed.teardown()

@@ -169,6 +169,7 @@ class Verdict:
     marked_legal: bool
     reason: str
     checks: list[PrefixCheck] = field(default_factory=list)
+    prefix_rule: bool = True  # the legal mark includes strict prefix invariance (Variant.rule "both")
 
     @property
     def invariant(self) -> bool:
@@ -181,10 +182,11 @@ class Verdict:
     @property
     def ok(self) -> bool:
         """Whether the verdict agrees with the variant's marking (a legal mark needs a conclusive pass)."""
-        return (self.invariant and self.conclusive) if self.marked_legal else True
+        return (self.invariant and self.conclusive) if self.marked_legal and self.prefix_rule else True
 
     def line(self) -> str:
-        mark = "marked legal" if self.marked_legal else "marked not legal"
+        mark = "marked not legal" if not self.marked_legal else \
+            "marked legal" if self.prefix_rule else "marked legal: score-before-update only"
         if not self.invariant:
             c = next(c for c in self.checks if not c.invariant)
             w = c.first_window
@@ -198,7 +200,8 @@ class Verdict:
         return f"{self.name}: prefix-invariant [{mark}]"
 
     def to_dict(self) -> dict:
-        return {"marked_legal": self.marked_legal, "reason": self.reason, "prefix_invariant": self.invariant,
+        return {"marked_legal": self.marked_legal, "prefix_rule": self.prefix_rule, "reason": self.reason,
+                "prefix_invariant": self.invariant,
                 "conclusive": self.conclusive, "ok": self.ok, "line": self.line(),
                 "checks": [{**asdict(c), "invariant": c.invariant} for c in self.checks]}
 
@@ -296,6 +299,7 @@ def check_checkpoint(cfg: RunConfig, artifact: Path, variants: list[Variant], pr
             return v.run(job_for(v, cfg, ck, toks, lut, quirks, ranks, backends, cache))[0]
 
         verdict = check_variant(v.name, v.legal, v.reason, run, tokens, prefixes, cfg.model.vocab_size, caches)
+        verdict.prefix_rule = getattr(v, "rule", "both") == "both"
         report["variants"][v.name] = verdict.to_dict()
         report["ok"] = report["ok"] and verdict.ok
         if ctx.is_main:

@@ -41,7 +41,12 @@ def _smoke() -> RunConfig:
         # than the record's would.
         eval=EvalConfig(eval_seq_len=256, eval_stride=64, eval_batch_seqs=16, dyneval_lr=0.001, adapt_every=4,
                         ranks=1, ttt_batch_seqs=8, ttt_chunk_tokens=4096, max_val_tokens=32769, tail_lr=0.3,
-                        krause_lr=3e-4, krause_decay=0.02),
+                        krause_lr=3e-4, krause_decay=0.02,
+                        # the field's per-document TTT on 35 documents: 9 batches of 4, two phases over the first
+                        # 16 documents, 1,024-token global chunks (the records' 32,768 would leave no step);
+                        # rank 36 keeps the records' rank/width 96/512 at width 192
+                        doc_batch=4, doc_lora_rank=36, phased_prefix_docs=16, phased_num_phases=2,
+                        global_chunk_tokens=1024),
     )
 
 

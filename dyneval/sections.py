@@ -222,6 +222,21 @@ class EvalConfig:
     compile_backend: str = "inductor"  # backend of every torch.compile call of evaluation (aot_eager: no codegen)
     gpu_dtypes: Switch = "auto"  # the GPU dtype policy (bf16 tables and linears, bf16 autocast): auto (CUDA), 1 (any device), 0
     ranks: int = 8  # ranks the run's rank-local adaptation is reproduced with (fewer processes: virtual ranks)
+    # The field's per-document TTT (doc_ttt.py; ../shared/FIELD_TTT.md): records' defaults, env names in brackets
+    doc_batch: int = 64  # documents per batch, one adapter set each (TTT_BATCH_SIZE)
+    doc_chunk: int = 48  # targets per chunk: scored, then one adapter step on it (TTT_CHUNK_SIZE)
+    doc_lora_rank: int = 96  # adapter rank (TTT_LORA_RANK)
+    doc_lora_lr: float = 1e-4  # AdamW lr (TTT_LORA_LR)
+    doc_lora_beta1: float = 0.0  # AdamW beta1 (TTT_BETA1)
+    doc_lora_beta2: float = 0.999  # AdamW beta2 (TTT_BETA2)
+    doc_lora_wd: float = 0.5  # AdamW decoupled weight decay (TTT_WEIGHT_DECAY)
+    phased_prefix_docs: int = 2000  # documents scored before the last base update (PHASED_TTT_PREFIX_DOCS)
+    phased_num_phases: int = 3  # base updates over the prefix (PHASED_TTT_NUM_PHASES, the 2026-04-14 record)
+    global_lr: float = 1e-3  # phased global SGD: peak lr of the cosine over chunks (GLOBAL_TTT_LR)
+    global_momentum: float = 0.9  # GLOBAL_TTT_MOMENTUM
+    global_epochs: int = 1  # GLOBAL_TTT_EPOCHS
+    global_chunk_tokens: int = 32_768  # one step per chunk of scored documents, the last skipped (GLOBAL_TTT_CHUNK_TOKENS)
+    global_grad_clip: float = 1.0  # GLOBAL_TTT_GRAD_CLIP
 
     def __post_init__(self):
         _finite(self)
@@ -235,6 +250,12 @@ class EvalConfig:
             raise ValueError(f"tail_subset={self.tail_subset!r} must be one of all, mlp, attn, blocks, tables, "
                              f"no_tables, lora")
         _positive(self, "krause_batches", "lora_rank")
+        _positive(self, "doc_batch", "doc_chunk", "doc_lora_rank", "phased_num_phases", "global_chunk_tokens")
+        _non_negative(self, "doc_lora_lr", "doc_lora_wd", "phased_prefix_docs", "global_lr", "global_epochs",
+                      "global_grad_clip")
+        for f in ("doc_lora_beta1", "doc_lora_beta2", "global_momentum"):
+            if not 0 <= getattr(self, f) < 1:
+                raise ValueError(f"{f}={getattr(self, f)} must lie in [0, 1)")
         _positive(self, "eval_seq_len", "eval_stride", "eval_batch_seqs", "adapt_every", "ttt_batch_seqs",
                   "ttt_chunk_tokens")
         _non_negative(self, "dyneval_lr", "ttt_lr", "ttt_epochs", "ttt_freeze_blocks", "ttt_grad_clip",

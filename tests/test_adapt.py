@@ -21,7 +21,10 @@ def fixture_config(fixture_dir, **eval_over) -> RunConfig:
         "eval.eval_seq_len": 128, "eval.eval_stride": 32, "eval.eval_batch_seqs": 4, "eval.max_val_tokens": 2049,
         "eval.ttt_batch_seqs": 2, "eval.ttt_chunk_tokens": 512, "eval.ttt_epochs": 1, "eval.dyneval_lr": 0.01,
         "eval.adapt_every": 2, "eval.krause_batches": 2, "eval.tail_lr": 0.01,
-        "eval.ranks": 1, **eval_over})  # ranks: as many as processes run, unless a test emulates more
+        "eval.ranks": 1,  # ranks: as many as processes run, unless a test emulates more
+        # the field's per-document TTT on the fixture's 2 documents: small batches, one phase after the first
+        "eval.doc_batch": 2, "eval.doc_lora_rank": 8, "eval.phased_prefix_docs": 1, "eval.phased_num_phases": 1,
+        "eval.global_chunk_tokens": 256, **eval_over})
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,7 @@ def setup(fixture_dir):
     return cfg, ck, lut, tokens
 
 
-LEGAL = [n for n, v in variants.VARIANTS.items() if v.legal]
+LEGAL = [n for n, v in variants.VARIANTS.items() if v.legal and v.rule == "both"]  # both rules: prefix-invariant
 RANK_LOCAL = [n for n, v in variants.VARIANTS.items() if v.rank_local]
 
 

@@ -39,7 +39,7 @@ LIBRARY = {
     # 3: optimizers and scoring
     "optim": 3, "evaluate": 3,
     # 4: adaptation while scoring
-    "adapt": 4,
+    "adapt": 4, "doc_ttt": 4,
     # 5: the variant registry, statistics over results, a run previewed before it trains
     "variants": 5, "stats": 5, "preview": 5,
     # 6: figures of those statistics

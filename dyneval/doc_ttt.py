@@ -1,0 +1,443 @@
+"""The field's later legal adaptations (April 2026 records) on this project's model: per-document scoring.
+
+Owns what `../shared/FIELD_TTT.md` sets down, written anew for this model:
+
+- `documents`: the validation stream cut at every BOS (a document runs from its BOS up to and including
+  the next BOS, which is its last target; the last runs to the stream's end).
+- `evaluate_doc_score`: every document scored alone (sliding windows inside it), no adaptation.
+- `doc_lora_ttt`: per-document batched LoRA TTT (PR #1530): chunks of `chunk` targets, score a chunk
+  then one AdamW step of that document's own low-rank adapters on the chunk's loss; adapters reset per
+  document.
+- `phased_ttt`: phased global SGD (PR #1610): a prefix of documents is scored with `doc_lora_ttt`, and
+  at each phase boundary the base weights take SGD on the documents already scored; the rest is then
+  scored on the adapted base. `order="stream"` takes the prefix in stream order (prefix-invariant);
+  `order="field"` in the records' order (length-sorted batches, longest first: it reads the lengths of
+  documents not yet scored, so it meets score-before-update but not strict prefix invariance).
+
+Document isolation on this model. A document is always fed as its own sequence (a window never holds a
+token of another document), so attention cannot cross the boundary. The two previous-token features
+read position t-1 of the *sequence*: SmearGate pads position 0 with zeros and the bigram table gives
+position 0 its own bucket (Vb-1), so the BOS at position 0 of a document's first window sees no
+predecessor. Windows that start inside a long document see only that document's earlier tokens.
+
+Why every batch has one fixed shape. The prefix-invariance check (legality.py) asks for bitwise equal
+scores whatever follows P; a document's batch mates change when the tail of the stream changes. Every
+forward here is (doc_batch, eval_seq_len): missing documents are zero rows, windows are zero-padded
+and masked. A document's row then goes through the same kernels with the same shapes whatever its
+mates, and per-document adapters (a batch dimension, `torch.bmm`) and AdamW (elementwise) keep the
+rows apart, so a document's scores do not depend on its batch (tests/test_doc_ttt.py). It also keeps
+compiled graphs to one shape.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import distributed as dist_utils
+from .data import BOS_ID
+from .distributed import SINGLE, Ranks
+from .evaluate import EvalResult, Windows, finish, score_windows
+from .model import GPT, rms
+
+
+@dataclass(frozen=True, kw_only=True)
+class DocLoRASettings:
+    doc_batch: int  # documents per batch, one adapter set each (records: TTT_BATCH_SIZE 64)
+    chunk: int  # targets per chunk: score it, then one step on it (records: TTT_CHUNK_SIZE 48)
+    rank: int  # adapter rank (records: TTT_LORA_RANK 96)
+    lr: float  # AdamW lr (records: TTT_LORA_LR 1e-4)
+    beta1: float  # records: TTT_BETA1 0
+    beta2: float  # records: TTT_BETA2 0.999
+    weight_decay: float  # decoupled (records: TTT_WEIGHT_DECAY 0.5)
+    seed: int  # adapter init: seeded per document from (seed, the document's first token position)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GlobalSGDSettings:
+    prefix_docs: int  # documents whose scoring precedes base updates (records: PHASED_TTT_PREFIX_DOCS 2000)
+    num_phases: int  # records: PHASED_TTT_NUM_PHASES 3
+    lr: float  # peak of the cosine over chunks (records: GLOBAL_TTT_LR 1e-3)
+    momentum: float  # records: GLOBAL_TTT_MOMENTUM 0.9
+    epochs: int  # records: GLOBAL_TTT_EPOCHS 1
+    chunk_tokens: int  # one SGD step per chunk of the concatenation; the last chunk skipped (records: 32,768)
+    grad_clip: float  # global norm (records: GLOBAL_TTT_GRAD_CLIP 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Documents
+
+def documents(tokens: torch.Tensor) -> np.ndarray:
+    """Target spans (D, 2) int64 of the documents: document k scores targets [s_k, s_{k+1}).
+
+    s_k are the positions of the BOS tokens (and 0, when the stream does not open with one); target i
+    is tokens[i+1], so document k's last target is the next document's BOS, as in the records.
+    """
+    n = tokens.numel() - 1
+    bos = torch.nonzero(tokens[:-1] == BOS_ID).flatten().cpu().numpy()
+    starts = np.unique(np.concatenate([[0], bos])).astype(np.int64)
+    return np.stack([starts, np.append(starts[1:], n)], axis=1)
+
+
+def doc_windows(lo: int, hi: int, seq_len: int, stride: int) -> Windows:
+    """Windows over targets [lo, hi) of one document that score each target once: the first window
+    scores its first min(L, n) targets from the document's start, each later one the next `stride`
+    (fewer at the end) with up to L - stride targets of in-document context before them."""
+    n = hi - lo
+    first = min(seq_len, n)
+    ends = np.concatenate([[lo + first], np.arange(lo + first + stride, hi + stride, stride)]).astype(np.int64)
+    ends = np.minimum(ends, hi)
+    ends = ends[np.concatenate([[True], ends[1:] > ends[:-1]])]
+    starts = np.maximum(ends - seq_len, lo)
+    prev = np.concatenate([[lo], ends[:-1]])
+    return Windows(starts, ends - starts, prev - starts, seq_len)
+
+
+def evaluate_doc_score(model: GPT, tokens, lut, seq_len: int, stride: int, batch_seqs: int,
+                       ranks: Ranks = SINGLE, autocast: bool = False, forward=None) -> EvalResult:
+    """Every document scored alone from its BOS, with sliding windows (stride `stride`) inside documents
+    longer than `seq_len`; no adaptation, eval mode. Each target is scored once, with the context of its
+    own document only (at most seq_len - 1 tokens). Rank r takes a contiguous slice of the windows."""
+    t0 = time.perf_counter()
+    plans = [doc_windows(int(a), int(b), seq_len, stride) for a, b in documents(tokens)]
+    w = Windows(*(np.concatenate([getattr(p, k) for p in plans]) for k in ("starts", "lengths", "score_from")),
+                seq_len)
+    was = model.training
+    model.eval()
+    rows = score_windows(model, tokens, lut, w.for_rank(ranks.rank, ranks.world), batch_seqs, ranks.rank,
+                         autocast=autocast, forward=forward)
+    model.train(was)
+    return finish("doc_score", [rows], time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Batched LoRA
+
+ADAPTED = ("q", "k", "v", "o", "mlp")  # per block, as the records' defaults (TTT_K_LORA, TTT_O_LORA, TTT_MLP_LORA on)
+
+
+class BatchedLoRA:
+    """One adapter set per document row: for each adapted map, A (B, r, in) and B (B, out, r); delta = x Aᵀ Bᵀ.
+
+    A ~ U(±1/√in), drawn per document from a generator seeded with (seed, the document's first target
+    position), so a document's adapters are the same in any batch and on any rank; B = 0, so a fresh set
+    leaves the model unchanged. Fp32 parameters (the records' adapters are fp32 under bf16 autocast).
+    """
+
+    def __init__(self, model: GPT, keys: list[int | None], rank: int, seed: int):
+        cfg = model.cfg
+        D, kv = cfg.model_dim, cfg.num_kv_heads * cfg.head_dim
+        shapes = {"q": (D, cfg.num_heads * cfg.head_dim), "k": (D, kv), "v": (D, kv), "o": (D, D), "mlp": (D, D)}
+        self.maps = [(i, k, *shapes[k]) for i in range(len(model.blocks)) for k in ADAPTED]
+        self.maps.append((None, "head", D, cfg.vocab_size))
+        dev = next(model.parameters()).device
+        nb = len(keys)
+        self.A, self.B = {}, {}
+        for i, k, fan_in, fan_out in self.maps:
+            self.A[(i, k)] = torch.zeros(nb, rank, fan_in)
+            self.B[(i, k)] = torch.zeros(nb, fan_out, rank, device=dev, requires_grad=True)
+        for row, key in enumerate(keys):
+            if key is None:
+                continue  # an empty row: its adapters stay zero
+            g = torch.Generator().manual_seed(seed * 1_000_003 + int(key))
+            for i, k, fan_in, _ in self.maps:
+                bound = 1.0 / math.sqrt(fan_in)
+                self.A[(i, k)][row] = torch.rand(rank, fan_in, generator=g) * (2 * bound) - bound
+        self.A = {key: a.to(dev).requires_grad_(True) for key, a in self.A.items()}
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [t for key in self.A for t in (self.A[key], self.B[key])]
+
+    def delta(self, key, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, in) -> (B, T, out)."""
+        a, b = self.A[key], self.B[key]
+        return torch.bmm(torch.bmm(x, a.transpose(1, 2).to(x.dtype)), b.transpose(1, 2).to(x.dtype))
+
+
+@contextmanager
+def attached(model: GPT, lora: BatchedLoRA):
+    """Forward hooks adding the block adapters: Q, K, V from the attention's normed input n (added to the
+    projections), O from n (added after the output projection), MLP from its normed input (added to its
+    output), as the records place them. The head's is added in `lora_logits`."""
+    handles = []
+
+    def add(key):
+        def hook(module, args, out):
+            return out + lora.delta(key, args[0]).to(out.dtype)
+        return hook
+
+    for i, blk in enumerate(model.blocks):
+        for name, mod in (("q", blk.attn.c_q), ("k", blk.attn.c_k), ("v", blk.attn.c_v), ("o", blk.attn),
+                          ("mlp", blk.mlp)):
+            handles.append(mod.register_forward_hook(add((i, name))))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def lora_logits(model: GPT, ids: torch.Tensor, lora: BatchedLoRA) -> torch.Tensor:
+    """GPT.logits with the batched adapters (mirrors it line for line; with zero B it equals it bitwise,
+    which tests/test_doc_ttt.py checks): the head adapter reads the final normed hidden and is added to
+    the logits before the soft cap."""
+    with attached(model, lora):
+        x = model.tok_emb(ids)
+        if model.bigram is not None:
+            x = x + model.bigram(ids).to(x.dtype)
+        x = model.smear(rms(x))
+        x0 = x
+        skips = []
+        for block in model.blocks[: model.num_encoder]:
+            x = block(x, x0)
+            skips.append(x)
+        for i, block in enumerate(model.blocks[model.num_encoder:]):
+            if skips:
+                x = x + model.skip_weights[i].to(x.dtype) * skips.pop()
+            x = block(x, x0)
+        x = rms(x)
+        z = F.linear(x, model.tok_emb.weight.to(x.dtype)) if model.lm_head is None else model.lm_head(x)
+        z = z + lora.delta((None, "head"), x).to(z.dtype)
+    c = model.cfg.logit_softcap
+    return c * torch.tanh(z / c)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-document LoRA TTT
+
+def _chunk_rows(docs: list[tuple[int, int] | None], c: int, chunk: int, seq_len: int):
+    """Windows (one per row) scoring chunk c of each document: the chunk's targets plus up to
+    seq_len - its length tokens of that document before it. Rows without a chunk c: length 0."""
+    nb = len(docs)
+    starts, lengths, score_from = (np.zeros(nb, dtype=np.int64) for _ in range(3))
+    has_next = np.zeros(nb, dtype=bool)
+    for r, d in enumerate(docs):
+        if d is None:
+            continue
+        lo, hi = d
+        a = lo + c * chunk
+        if a >= hi:
+            continue
+        b = min(a + chunk, hi)
+        s = max(lo, b - seq_len)
+        starts[r], lengths[r], score_from[r] = s, b - s, a - s
+        has_next[r] = b < hi
+    return Windows(starts, lengths, score_from, seq_len), has_next
+
+
+def _fixed_batch(tokens: torch.Tensor, w: Windows, device):
+    """x, y, scored mask (B, L): zero rows where a row has no window (length 0)."""
+    L = w.seq_len
+    offs = torch.arange(L)
+    valid = offs[None, :] < torch.as_tensor(w.lengths)[:, None]
+    idx = (torch.as_tensor(w.starts)[:, None] + offs[None, :]).clamp_max(tokens.numel() - 2)
+    tok = tokens.cpu()
+    x = torch.where(valid, tok[idx], 0)
+    y = torch.where(valid, tok[idx + 1], 0)
+    mask = valid & (offs[None, :] >= torch.as_tensor(w.score_from)[:, None])
+    return x.to(device), y.to(device), mask.to(device)
+
+
+def lora_batch(model: GPT, tokens, lut, docs: list[tuple[int, int] | None], s: DocLoRASettings, seq_len: int,
+               rank_id: int, autocast: bool = False) -> dict:
+    """Per-document LoRA TTT over one batch of documents (rows; None = an empty row): stream rows, one per
+    (document, chunk).
+
+    For chunk index c = 0, 1, ...: one forward of every row (documents without a chunk c are masked);
+    chunk c's per-token losses are recorded (scored before any step has seen them); then, if some
+    document has a chunk after c, one AdamW step (β = (beta1, beta2), eps 1e-10, decoupled weight decay)
+    on Σ over those documents of the mean loss over chunk c's targets. A document's last chunk is never
+    trained on. Fresh adapters and optimizer state per batch; base weights frozen.
+    """
+    device = next(model.parameters()).device
+    nb = s.doc_batch
+    docs = list(docs) + [None] * (nb - len(docs))
+    lora = BatchedLoRA(model, [None if d is None else d[0] for d in docs], s.rank, s.seed)
+    opt = torch.optim.AdamW(lora.parameters(), lr=s.lr, betas=(s.beta1, s.beta2), eps=1e-10,
+                            weight_decay=s.weight_decay, foreach=False)
+    num_chunks = max((-(-(hi - lo) // s.chunk) for d in docs if d is not None for lo, hi in [d]), default=0)
+    rows = {k: [] for k in ("window_start", "first_scored", "num_scored", "nats", "bytes", "rank")}
+    for c in range(num_chunks):
+        w, has_next = _chunk_rows(docs, c, s.chunk, seq_len)
+        x, y, mask = _fixed_batch(tokens, w, device)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            z = lora_logits(model, x, lora)
+        nll = F.cross_entropy(z.float().reshape(-1, z.size(-1)), y.reshape(-1), reduction="none").view_as(y)
+        with torch.no_grad():
+            nats = (nll.double() * mask).sum(dim=1).cpu().numpy()
+            nbytes = (lut.target_bytes(x, y) * mask).sum(dim=1).cpu().numpy()
+        for r in np.nonzero(w.lengths > 0)[0]:
+            rows["window_start"].append(w.starts[r])
+            rows["first_scored"].append(w.starts[r] + w.score_from[r])
+            rows["num_scored"].append(w.lengths[r] - w.score_from[r])
+            rows["nats"].append(nats[r])
+            rows["bytes"].append(nbytes[r])
+            rows["rank"].append(rank_id)
+        if not has_next.any():
+            continue
+        train = mask & torch.as_tensor(has_next, device=device)[:, None]
+        per_doc = (nll * train).sum(dim=1) / train.sum(dim=1).clamp_min(1)
+        loss = per_doc.sum()
+        if not torch.isfinite(loss):
+            from .adapt import DivergedError
+            raise DivergedError(f"doc_lora_ttt: adaptation diverged at chunk {c}: lower eval.doc_lora_lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    dtypes = {"window_start": np.int64, "first_scored": np.int64, "num_scored": np.int64, "nats": np.float64,
+              "bytes": np.float64, "rank": np.int64}
+    return {k: np.asarray(v, dtype=dtypes[k]) for k, v in rows.items()}
+
+
+def batches_in_order(spans: np.ndarray, doc_batch: int, order: str) -> list[list[int]]:
+    """Document indices per batch, in processing order. `stream`: consecutive documents, first first.
+    `field` (the records'): documents sorted by length (ascending, stable), cut into batches of
+    `doc_batch`, the batches processed longest first."""
+    n = len(spans)
+    if order == "stream":
+        return [list(range(i, min(i + doc_batch, n))) for i in range(0, n, doc_batch)]
+    lengths = spans[:, 1] - spans[:, 0]
+    asc = np.argsort(lengths, kind="stable")
+    batches = [asc[i:i + doc_batch].tolist() for i in range(0, n, doc_batch)]
+    return batches[::-1]  # each batch's longest is longer than the previous batch's: descending by longest
+
+
+# ----------------------------------------------------------------------------------------------
+# Phased global SGD
+
+def _sgd_sequences(spans: np.ndarray, chunk_tokens: int, seq_len: int) -> list[Windows]:
+    """The scored documents' targets concatenated (in the given order) and cut into chunks of
+    `chunk_tokens`; each chunk's part of each document cut into sequences of at most seq_len targets
+    (so no sequence crosses a document boundary); per chunk, the sequences as Windows scoring all."""
+    pieces = []  # (stream start, length, position in the concatenation)
+    pos = 0
+    for lo, hi in spans:
+        pieces.append((int(lo), int(hi - lo), pos))
+        pos += int(hi - lo)
+    chunks = []
+    for c0 in range(0, pos, chunk_tokens):
+        c1 = min(c0 + chunk_tokens, pos)
+        st, ln = [], []
+        for lo, n, p in pieces:
+            a, b = max(c0, p), min(c1, p + n)
+            for q in range(a, b, seq_len):
+                st.append(lo + q - p)
+                ln.append(min(seq_len, b - q))
+        k = len(st)
+        chunks.append(Windows(np.asarray(st, dtype=np.int64), np.asarray(ln, dtype=np.int64),
+                              np.zeros(k, dtype=np.int64), seq_len))
+    return chunks
+
+
+def global_sgd(model: GPT, tokens, spans: np.ndarray, g: GlobalSGDSettings, seq_len: int, ranks: Ranks,
+               autocast: bool = False, name: str = "phased_ttt") -> int:
+    """SGD with momentum (a fresh optimizer) on every base parameter over the concatenation of `spans`
+    (already scored documents): one step per chunk of `chunk_tokens` targets, the last chunk skipped (as
+    the records), lr on a cosine from `lr` at the first chunk toward 0, `epochs` passes; the loss is the
+    mean token NLL over the chunk; its sequences are split contiguously over the ranks, their gradients
+    summed in rank order (virtual ranks) and over processes (all-reduce), clipped to `grad_clip`. Train
+    mode (no fake quantization: the switch is off for these variants). Returns the steps taken."""
+    chunks = _sgd_sequences(spans, g.chunk_tokens, seq_len)[:-1]
+    if not chunks:
+        return 0
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=g.lr, momentum=g.momentum)
+    device = params[0].device
+    was = model.training
+    model.train()
+    steps = 0
+    for _ in range(g.epochs):
+        for c, w in enumerate(chunks):
+            for group in opt.param_groups:
+                group["lr"] = g.lr * 0.5 * (1 + math.cos(math.pi * c / len(chunks)))
+            total = float(w.lengths.sum())
+            acc = [torch.zeros_like(p) for p in params]
+            for v in ranks.mine():
+                part = w.for_rank(v, ranks.total)
+                if not len(part):
+                    continue
+                x, y, mask = _fixed_batch(tokens, part, device)
+                with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+                    nll = model(x, y, reduction="none")
+                loss = (nll * mask).sum() / total
+                if not torch.isfinite(loss):
+                    from .adapt import DivergedError
+                    raise DivergedError(f"{name}: global SGD diverged at chunk {c}: lower eval.global_lr")
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                for a, gr in zip(acc, grads):
+                    if gr is not None:
+                        a.add_(gr)
+            for p, a in zip(params, acc):
+                p.grad = dist_utils.all_reduce_(a)
+            if g.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, g.grad_clip)
+            opt.step()
+            steps += 1
+    for p in params:
+        p.grad = None
+    model.train(was)
+    return steps
+
+
+def doc_lora_ttt(model: GPT, tokens, lut, s: DocLoRASettings, seq_len: int, ranks: Ranks = SINGLE, *,
+                 phases: GlobalSGDSettings | None = None, order: str = "stream", autocast: bool = False,
+                 name: str = "doc_lora_ttt", log: dict | None = None) -> EvalResult:
+    """Per-document LoRA TTT over every document, batches in `order`; with `phases`, phased global SGD.
+
+    Batches are dealt to ranks in rounds: in round k, (virtual) rank v takes batch k·W + v of the
+    processing order (the records let ranks claim batches from a shared counter, so which rank scores
+    what depends on timing; a fixed deal makes every rank count give the same documents the same base).
+    Phases: boundaries b_i = prefix_docs·(i+1)/num_phases documents of the processing order; after the
+    round in which the count of scored documents reaches b_i, the scored documents, sorted by their
+    batch's index in ascending-length order (stream order for `stream`), cut to the first b_i, train the
+    base weights (`global_sgd`, cumulative over phases); every later batch is scored on that base, with
+    fresh adapters. Every base step uses documents already scored; every adapter step a chunk already
+    scored. `log` (a dict) receives the documents and steps of each phase.
+    """
+    t0 = time.perf_counter()
+    spans = documents(tokens)
+    batches = batches_in_order(spans, s.doc_batch, order)
+    # the records sort the scored documents by their batch's index in ascending-length order
+    rank_of_batch = list(range(len(batches)))[::-1] if order == "field" else list(range(len(batches)))
+    W = ranks.total
+    mine = set(ranks.mine())
+    bounds = ([phases.prefix_docs * (i + 1) // phases.num_phases for i in range(phases.num_phases)]
+              if phases else [])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    parts, scored, phase = [], [], 0
+    try:
+        for k in range(0, len(batches), W):
+            for v in range(W):
+                if k + v >= len(batches):
+                    break
+                if v in mine:
+                    docs = [tuple(int(t) for t in spans[d]) for d in batches[k + v]]
+                    parts.append(lora_batch(model, tokens, lut, docs, s, seq_len, v, autocast))
+                scored += [(rank_of_batch[k + v], j, d) for j, d in enumerate(batches[k + v])]
+            while phase < len(bounds) and len(scored) >= bounds[phase]:
+                chosen = [d for _, _, d in sorted(scored)][: bounds[phase]]
+                before = [p.detach().clone() for p in model.parameters()] if log is not None else []
+                for p in model.parameters():
+                    p.requires_grad_(True)
+                steps = global_sgd(model, tokens, spans[chosen], phases, seq_len, ranks, autocast, name)
+                for p in model.parameters():
+                    p.requires_grad_(False)
+                model.eval()
+                if log is not None:
+                    change = math.sqrt(sum(float((p.detach().float() - b.float()).square().sum())
+                                           for p, b in zip(model.parameters(), before)))
+                    log.setdefault("phases", []).append({"documents": len(chosen), "steps": steps,
+                                                         "weight_change": change})
+                phase += 1
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    return finish(name, parts, time.perf_counter() - t0)
