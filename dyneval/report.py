@@ -24,6 +24,7 @@ import numpy as np
 from . import figures, files
 from .evaluate import load_stream
 from .figures import FIGURE_VARIANTS
+from .runfolder import RunFolder
 from .published_run import (NOT_COMPARABLE, flat, is_record_config, load_published, not_compared, published_markdown,
                             record_difference)
 from .stats import aggregate, chunk_bpb, cumulative_bpb, ok_runs, per_seed_rows, scored_end
@@ -78,13 +79,11 @@ def load_runs(runs: str | Path) -> dict:
     for d in sorted(Path(runs).glob("seed*"), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 0):
         if not d.name[4:].isdigit():
             continue
-        seed = int(d.name[4:])
-        failed = d / "FAILED.json"
-        res = d / "eval" / "results.json"
-        if failed.is_file():
-            out[seed] = {"failed": files.read_json(failed).get("error", "failed"), "dir": d}
-        elif res.is_file() and (d / "meta.json").is_file():
-            out[seed] = {"meta": read_meta(d / "meta.json"), "results": read_results(res), "dir": d}
+        seed, run = int(d.name[4:]), RunFolder(d)
+        if run.failed.is_file():
+            out[seed] = {"failed": files.read_json(run.failed).get("error", "failed"), "dir": d}
+        elif run.results.is_file() and run.meta.is_file():
+            out[seed] = {"meta": read_meta(run.meta), "results": read_results(run.results), "dir": d}
         else:
             out[seed] = {"failed": "incomplete (no eval/results.json)", "dir": d}
     return out
@@ -318,7 +317,7 @@ def eval_streams(eval_dir: Path, results: dict) -> dict:
 
 
 def _streams(run: dict) -> dict:
-    return eval_streams(run["dir"] / "eval", run["results"])
+    return eval_streams(RunFolder(run["dir"]).eval_dir, run["results"])
 
 
 def _legal(run: dict) -> dict:
@@ -398,7 +397,7 @@ def document_gain_data(runs: dict, min_bytes: float = 500.0) -> dict:
     good = ok_runs(runs)
     gains: dict[str, list[np.ndarray]] = {}
     for run in good.values():
-        doc_path = run["dir"] / "eval" / "doc_starts.npy"
+        doc_path = RunFolder(run["dir"]).eval_dir / "doc_starts.npy"
         streams = _streams(run)
         if "sliding" not in streams or not doc_path.is_file():
             continue
