@@ -53,17 +53,22 @@ from dyneval import figures
 
 runs = report.load_runs(runs_root)
 figures.style()
+drawable = bool(report.ok_runs(runs))  # the figures need one finished seed; the tables above list failed ones
+if not drawable:
+    display(Markdown(f"**No seed under `{runs_root}` finished**: there is nothing to draw. The table above "
+                     "lists each failed seed with its reason; rerun the same command to resume them."))
 
 # %% [markdown]
 # ## Cumulative bpb over the validation stream (first seed), and the gap to sliding (all seeds)
 
 # %%
-d = report.cumulative_data(runs)
-fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-figures.plot_cumulative(a, d["curves"], d["legal"], d["seed"])
-figures.plot_gap_to_sliding(b, d["grid"], d["gaps"], d["legal"], d["num_seeds"])
-fig.tight_layout()
-plt.show()
+if drawable:
+    d = report.cumulative_data(runs)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    figures.plot_cumulative(a, d["curves"], d["legal"], d["seed"])
+    figures.plot_gap_to_sliding(b, d["grid"], d["gaps"], d["legal"], d["num_seeds"])
+    fig.tight_layout()
+    plt.show()
 
 # %% [markdown]
 # On the right, each line is a variant's running bpb minus sliding's, averaged over seeds. A legal
@@ -75,9 +80,10 @@ plt.show()
 # Below zero: the variant scores that part of the stream better than plain sliding windows.
 
 # %%
-fig, ax = plt.subplots(figsize=(7, 4))
-figures.plot_chunk_delta(ax, **report.chunk_delta_data(runs))
-plt.show()
+if drawable:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    figures.plot_chunk_delta(ax, **report.chunk_delta_data(runs))
+    plt.show()
 
 # %% [markdown]
 # Where the gain comes from along the text: a variant that learns the stream's style gains more in the
@@ -88,9 +94,10 @@ plt.show()
 # Each point is one document of one seed: how much a variant changed its bpb against sliding.
 
 # %%
-fig, ax = plt.subplots(figsize=(7, 4))
-figures.plot_document_gains(ax, **report.document_gain_data(runs))
-plt.show()
+if drawable:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    figures.plot_document_gains(ax, **report.document_gain_data(runs))
+    plt.show()
 
 # %% [markdown]
 # A box wholly below zero means the variant helps almost every document, not just a few long ones; a
@@ -104,10 +111,11 @@ plt.show()
 # challenge's 600 s line appears only for seconds measured on 8 real GPUs (otherwise the figure says why).
 
 # %%
-fig, ax = plt.subplots(figsize=(7.5, 4.8))
-note = figures.plot_eval_budget(ax, **report.eval_budget_data(runs))
-fig.tight_layout()
-plt.show()
+if drawable:
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    note = figures.plot_eval_budget(ax, **report.eval_budget_data(runs))
+    fig.tight_layout()
+    plt.show()
 
 # %% [markdown]
 # Follow the step line from left to right: each step up the front is a legal variant that buys more Δ
@@ -118,11 +126,12 @@ plt.show()
 # ## Training curves
 
 # %%
-fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
-figures.plot_training_curves(a, b, **report.training_data(runs))
-fig.tight_layout()
-plt.show()
-print(report.published_curves(report.training_data(runs)["metas"])[1])  # what was drawn beneath, or why nothing
+if drawable:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
+    figures.plot_training_curves(a, b, **report.training_data(runs))
+    fig.tight_layout()
+    plt.show()
+    print(report.published_curves(report.training_data(runs)["metas"])[1])  # what was drawn beneath, or why nothing
 
 # %% [markdown]
 # The seeds' curves should lie on each other: the seeds change the initialization and the data order,

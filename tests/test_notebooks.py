@@ -240,3 +240,20 @@ def test_the_schedules_02_draws_before_training_are_the_ones_training_follows(co
     logged = meta["history"]["train"]  # "step" counts steps done: the lr of step k was set before it, at index k-1
     assert [h["lr_scale"] for h in logged] == [s["lr_scale"][h["step"] - 1] for h in logged]
     assert len(s["steps"]) == cfg.train.iterations == meta["steps"]
+
+
+def test_notebook_05_with_no_finished_seed_says_so_instead_of_failing_on_its_first_figure(tmp_path):
+    # A reproduction whose every seed failed (a cell timeout under load, say) ran 05 last and ended in a
+    # FileNotFoundError on a figure never drawn (5c06bed) or a StopIteration in cumulative_data (0be3d3e).
+    import papermill
+    runs = tmp_path / "runs"
+    (runs / "seed42").mkdir(parents=True)
+    (runs / "seed42" / "FAILED.json").write_text(json.dumps({"seed": 42, "error": "CellTimeoutError: 3600 s",
+                                                             "overrides": []}))
+    out = tmp_path / "05.ipynb"
+    papermill.execute_notebook(str(REPO / "notebooks" / "05_report.ipynb"), str(out), kernel_name="python3",
+                               parameters={"runs_root": str(runs), "figures_dir": str(tmp_path / "figures")},
+                               cwd=str(tmp_path), progress_bar=False)
+    text = out.read_text()
+    assert "finished**: there is nothing to draw" in text and "CellTimeoutError" in text
+    assert not list((tmp_path / "figures").glob("*.png"))
