@@ -143,8 +143,9 @@ def sweep(cfg: RunConfig, artifact: Path, variant: str, grid: dict[str, list], o
     if not artifact.is_file():
         raise FileNotFoundError(f"{artifact}: no artifact: train and export the run first (or give its run folder)")
     out = Path(out)
-    files.output_folder(out)
     ctx = dist_utils.setup(device)
+    if ctx.is_main:
+        files.output_folder(out)
     backends = configure_backends(cfg, ctx.device)
     lut, val, ck = evaluation_inputs(cfg, artifact, ctx.device)
     tune, tune_desc = tune_tokens(cfg)
@@ -167,7 +168,8 @@ def sweep(cfg: RunConfig, artifact: Path, variant: str, grid: dict[str, list], o
         except (adapt.DivergedError, ValueError) as e:  # a rate too large diverges: recorded, never chosen
             entry = {"setting": setting, "bpb": None, "error": str(e).splitlines()[0]}
         report["tuning"].append(entry)
-        files.write_json(json_path, report)  # nothing scored is lost
+        if ctx.is_main:
+            files.write_json(json_path, report)  # nothing scored is lost
         log(f"[{i + 1}/{len(settings_of(grid))}] tune {_label(setting)}: "
             + (f"bpb {entry['bpb']:.5f}" if entry["bpb"] is not None else f"failed ({entry['error']})"))
     scored = [e for e in report["tuning"] if e["bpb"] is not None and math.isfinite(e["bpb"])]
