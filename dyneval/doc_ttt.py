@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from . import distributed as dist_utils
 from .data import BOS_ID
 from .distributed import SINGLE, Ranks
-from .evaluate import EvalResult, Windows, finish, score_windows
+from .evaluate import EvalResult, Windows, reduce_result, score_windows
 from .model import GPT, rms
 
 
@@ -113,7 +113,7 @@ def evaluate_doc_score(model: GPT, tokens, lut, seq_len: int, stride: int, batch
     rows = score_windows(model, tokens, lut, w.for_rank(ranks.rank, ranks.world), batch_seqs, ranks.rank,
                          autocast=autocast, forward=forward)
     model.train(was)
-    return finish("doc_score", [rows], time.perf_counter() - t0)
+    return reduce_result("doc_score", [rows], time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -440,4 +440,4 @@ def doc_lora_ttt(model: GPT, tokens, lut, s: DocLoRASettings, seq_len: int, rank
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
-    return finish(name, parts, time.perf_counter() - t0)
+    return reduce_result(name, parts, time.perf_counter() - t0)

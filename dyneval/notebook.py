@@ -37,7 +37,6 @@ def project_path(path: str | Path) -> str:
     return str(p if p.is_absolute() else PROJECT_ROOT / p)
 
 
-resolve = project_path  # notebook 05 calls it by its old name (config.resolve is the other `resolve`)
 
 
 def check_parameters(values: dict, allowed: dict = PARAMETERS) -> dict:

@@ -17,7 +17,6 @@ import torch
 
 from . import files
 from .model import is_control
-from .runfolder import RunFolder
 
 PASSTHROUGH_MAX_NUMEL = 65_536  # tensors this small are stored as fp16 as is (the run's threshold)
 INT8_CLIP_QUANTILE = 0.9999984  # the run's 99.99984th-percentile clip for int8 rows
@@ -284,8 +283,3 @@ def size_report(artifact_path: str | Path) -> dict:
             "total_bytes": model + code, "cap_bytes": SIZE_CAP_BYTES,
             "under_cap": model + code <= SIZE_CAP_BYTES, "headroom_bytes": SIZE_CAP_BYTES - model - code,
             "code_definition": CODE_DEFINITION, "code_files": [f"dyneval/{p.name}" for p in code_files()]}
-
-
-def run_artifact(run_dir: str | Path) -> Path:
-    """The artifact a run folder's latest export wrote (`RunFolder.latest_artifact`; notebook 03 calls it here)."""
-    return RunFolder(run_dir).latest_artifact()

@@ -143,7 +143,7 @@ def sweep(cfg: RunConfig, artifact: Path, variant: str, grid: dict[str, list], o
     if not artifact.is_file():
         raise FileNotFoundError(f"{artifact}: no artifact: train and export the run first (or give its run folder)")
     out = Path(out)
-    ctx = dist_utils.setup(device)
+    ctx = dist_utils.init_context(device)
     if ctx.is_main:
         files.output_folder(out)
     backends = configure_backends(cfg, ctx.device)

@@ -37,7 +37,6 @@ overrides: str = ""  # comma-separated config overrides (README: Overrides)
 data_root: str = "data"  # datasets/ and tokenizers/ live under it
 
 # %%
-import numpy as np
 import torch
 
 from dyneval import data, notebook

@@ -41,6 +41,7 @@ import json
 from collections import Counter
 
 from dyneval import notebook, quant
+from dyneval.runfolder import RunFolder
 
 run = notebook.setup(profile=profile, seed=seed, run_dir=run_dir, overrides=overrides, data_root=data_root,
                      bits=bits, clip_quantile=clip_quantile, passthrough_max_numel=passthrough_max_numel)
@@ -61,7 +62,7 @@ print(size["code_definition"])
 # The artifact is read with `weights_only=True`: it can hold tensors and plain containers, never code.
 
 # %%
-tensors, qmeta = quant.read_artifact(quant.run_artifact(run.run_dir))  # final_model.int{bits}.ptz
+tensors, qmeta = quant.read_artifact(RunFolder(run.run_dir).latest_artifact())  # final_model.int{bits}.ptz
 kinds = Counter(m if isinstance(m, str) else m["type"] for m in qmeta.values())
 print(dict(kinds))
 for name, m in list(qmeta.items())[:12]:

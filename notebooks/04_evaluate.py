@@ -117,7 +117,8 @@ plt.show()
 # %%
 import dataclasses
 
-from dyneval import legality, quant
+from dyneval import legality
+from dyneval.runfolder import RunFolder
 
 short = 8 * e.eval_seq_len + 1  # eight windows' worth of tokens
 if e.max_val_tokens:
@@ -125,7 +126,7 @@ if e.max_val_tokens:
 short_cfg = dataclasses.replace(run.cfg, eval=dataclasses.replace(e, max_val_tokens=short))
 prefix = legality.default_prefixes(short - 1, short_cfg.eval, fractions=(0.5,))
 checked = [VARIANTS[n] for n in ("sliding", "pre_eval_ttt", "score_first_ttt", "dynamic_krause")]
-verdicts = legality.check_checkpoint(short_cfg, quant.run_artifact(run_dir), checked, prefix,
+verdicts = legality.check_checkpoint(short_cfg, RunFolder(run_dir).latest_artifact(), checked, prefix,
                                      qat_flag_set=meta.get("late_qat_step") is not None, log=print)
 
 # %% [markdown]

@@ -32,8 +32,8 @@ from IPython.display import Markdown, display
 
 from dyneval import notebook, report
 
-runs_root = notebook.resolve(runs_root)
-figures_dir = notebook.resolve(figures_dir) if figures_dir else runs_root / "figures"
+runs_root = notebook.project_path(runs_root)
+figures_dir = notebook.project_path(figures_dir) if figures_dir else runs_root / "figures"
 r = report.build_report(runs_root, figures_dir)  # the tables, and every figure as PNG + SVG
 display(Markdown(Path(figures_dir, "ablation.md").read_text()))
 

@@ -41,8 +41,8 @@ from IPython.display import Image, Markdown, display
 
 from dyneval import notebook, sweep
 
-run_dir = notebook.resolve(run_dir)  # relative paths from the project root, in JupyterLab and papermill alike
-folder = Path(notebook.resolve(out) if out else Path(run_dir) / "sweep")
+run_dir = notebook.project_path(run_dir)  # relative paths from the project root, in JupyterLab and papermill alike
+folder = Path(notebook.project_path(out) if out else Path(run_dir) / "sweep")
 report = sweep.run_sweep(run_dir, variant, grids, folder, root=notebook.PROJECT_ROOT)
 display(Image(filename=str(folder / f"sweep_{variant}.png")))
 display(Markdown(sweep.summary_markdown(report)))

@@ -154,7 +154,7 @@ sys.path.insert(0, {tests!r})
 from test_doc_ttt import tiny_model, stream, LORA, PHASES, SEQ
 from dyneval import data, doc_ttt, distributed
 from dyneval.distributed import Ranks
-ctx = distributed.setup("cpu")
+ctx = distributed.init_context("cpu")
 lut = data.build_byte_lut({tok!r}, 1024)
 out = {{}}
 for name, ph in (("lora", None), ("phased", PHASES)):
