@@ -61,6 +61,18 @@ def tiny_cfg(corpus_root):
         f"train.tokenizer_path={corpus_root / 'tokenizers' / 'embedded_1024_bpe.model'}"])
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, corpus_root):
+    """A 5-step run of the tiny config through the command line (2,048 validation and tuning targets, stride
+    32, score-first chunks of 512), shared by the legality and sweep tests, which only read it."""
+    out = tmp_path_factory.mktemp("tiny_run")
+    sets = TINY_OVERRIDES + [f"train.data_path={corpus_root / 'datasets' / 'embedded_sp1024'}",
+                             f"train.tokenizer_path={corpus_root / 'tokenizers' / 'embedded_1024_bpe.model'}"]
+    r = run_cli("train", "--profile", "smoke", "--out", out, "--device", "cpu", *[a for s in sets for a in ("--set", s)])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return out
+
+
 def run_cli(*args, env=None, timeout=600, cwd=None):
     import subprocess
 

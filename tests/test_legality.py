@@ -13,17 +13,6 @@ PLUGIN = REPO / "docs" / "examples" / "chunk_ttt_plugin.py"
 NOT_LEGAL = ["pre_eval_ttt", "pre_eval_ttt+nonoverlap", "pre_eval_ttt+dynamic"]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, corpus_root):
-    """A 5-step run of the tiny config: 2,048 validation targets, stride 32, score-first chunks of 512."""
-    out = tmp_path_factory.mktemp("run")
-    sets = TINY_OVERRIDES + [f"train.data_path={corpus_root / 'datasets' / 'embedded_sp1024'}",
-                             f"train.tokenizer_path={corpus_root / 'tokenizers' / 'embedded_1024_bpe.model'}"]
-    r = run_cli("train", "--profile", "smoke", "--out", out, "--device", "cpu", *[a for s in sets for a in ("--set", s)])
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return out
-
-
 def test_on_a_run_every_legal_variant_is_prefix_invariant_and_the_pre_eval_ttt_variants_are_not(tiny_run, tmp_path):
     r = run_cli("legality", "--run-dir", tiny_run, "--variants", "all", "--device", "cpu", "--json", tmp_path / "l.json")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import TINY_OVERRIDES, one_line_error, run_cli
+from conftest import one_line_error, run_cli
 from dyneval import corpus, data
 from dyneval.config import preset
 
@@ -141,17 +141,6 @@ def test_the_downloader_fetches_the_tuning_shard_with_tune(tmp_path, fixture_dir
 
 # ----------------------------------------------------------------------------------------------
 # The sweep
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, corpus_root):
-    """A 5-step run of the tiny config: 2,048 validation and tuning targets."""
-    out = tmp_path_factory.mktemp("run")
-    sets = TINY_OVERRIDES + [f"train.data_path={corpus_root / 'datasets' / 'embedded_sp1024'}",
-                             f"train.tokenizer_path={corpus_root / 'tokenizers' / 'embedded_1024_bpe.model'}"]
-    r = run_cli("train", "--profile", "smoke", "--out", out, "--device", "cpu", *[a for s in sets for a in ("--set", s)])
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return out
-
 
 def test_a_sweep_tunes_on_the_tune_split_chooses_the_lowest_and_scores_validation_only_for_choice_and_default(
         tiny_run, tmp_path):
