@@ -37,7 +37,6 @@ clip_quantile: float = 0.9999984  # per-row clip of the int8 tensors (the run: 0
 passthrough_max_numel: int = 65536  # tensors this small are stored as fp16 as they are (the run: 65536)
 
 # %%
-import json
 from collections import Counter
 
 from dyneval import notebook, quant
@@ -45,7 +44,7 @@ from dyneval.runfolder import RunFolder
 
 run = notebook.setup(profile=profile, seed=seed, run_dir=run_dir, overrides=overrides, data_root=data_root,
                      bits=bits, clip_quantile=clip_quantile, passthrough_max_numel=passthrough_max_numel)
-meta = json.loads((run.run_dir / "meta.json").read_text())  # what training's own export wrote
+meta = RunFolder(run.run_dir).read_meta()  # what training's own export wrote
 settings = quant.QuantSettings(**run.extra)
 exported = notebook.export_stage(run.run_dir, settings)
 size = exported["size"]

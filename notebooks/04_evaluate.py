@@ -73,11 +73,11 @@ display(Markdown((run_dir / "eval" / "ablation.md").read_text()))
 # profiles train other models, so nothing published is shown for them.
 
 # %%
-import json
-
 from dyneval import report
+from dyneval.runfolder import RunFolder
 
-meta = json.loads((run_dir / "meta.json").read_text())
+folder = RunFolder(run_dir)
+meta = folder.read_meta()
 display(Markdown(report.published_markdown(meta, results)))
 
 # %% [markdown]
@@ -94,7 +94,7 @@ import matplotlib.pyplot as plt
 
 from dyneval import figures, stats
 
-streams = report.eval_streams(run_dir / "eval", results)
+streams = report.eval_streams(folder.eval_dir, results)
 curves = {v: (stats.scored_end(s), stats.cumulative_bpb(s)) for v, s in streams.items() if v in figures.FIGURE_VARIANTS}
 fig, ax = plt.subplots(figsize=(7, 4))
 figures.plot_cumulative(ax, curves, {v: r.get("legal", False) for v, r in results.items()}, seed)
