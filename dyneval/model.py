@@ -123,14 +123,19 @@ class CausalSelfAttention(nn.Module):
         self.proj = CastedLinear(cfg.num_heads * d, D, zero_init=True)
         self.rotary = Rotary(d, cfg.rope_dims, cfg.rope_base, cfg.rope_train_len)
 
+    @staticmethod
+    def _adapted(linear: nn.Module, x: Tensor, adapter, layer: int, site: str) -> Tensor:
+        # each adapter right after its projection: the order of autograd's nodes, hence of the gradient sums
+        # into x, is the order of doc_ttt's former forward hooks (bitwise the same adapter steps)
+        y = linear(x)
+        return y if adapter is None else y + adapter(layer, site, x).to(y.dtype)
+
     def forward(self, x: Tensor, adapter=None, layer: int = 0) -> Tensor:
         B, T, D = x.shape
         H, K, d = self.num_heads, self.num_kv_heads, self.head_dim
-        q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)  # (B, T, H*d), (B, T, K*d), (B, T, K*d)
-        if adapter is not None:  # per-document LoRA on Q, K, V, from the attention's input (GPT.logits)
-            q = q + adapter(layer, "q", x).to(q.dtype)
-            k = k + adapter(layer, "k", x).to(k.dtype)
-            v = v + adapter(layer, "v", x).to(v.dtype)
+        # (B, T, H*d), (B, T, K*d), (B, T, K*d); an adapter (GPT.logits) adds to each projection from x
+        q, k, v = (self._adapted(lin, x, adapter, layer, site) for lin, site in ((self.c_q, "q"), (self.c_k, "k"),
+                                                                                  (self.c_v, "v")))
         q = rms(q.view(B, T, H, d))  # (B, T, H, d)
         k = rms(k.view(B, T, K, d))  # (B, T, K, d)
         v = v.view(B, T, K, d)  # (B, T, K, d)
@@ -180,12 +185,15 @@ class Block(nn.Module):
         if adapter is None:
             x = x + self.attn_scale.to(x.dtype) * self.attn(rms(x) * self.in_scale)
             return x + self.mlp_scale.to(x.dtype) * self.mlp(rms(x) * self.in_scale)
+        # the adapters on the attention's and the MLP's outputs, from their normed inputs
+        scale = self.attn_scale.to(x.dtype)
         n = rms(x) * self.in_scale
         a = self.attn(n, adapter, self.layer)
-        x = x + self.attn_scale.to(x.dtype) * (a + adapter(self.layer, "o", n).to(a.dtype))
+        x = x + scale * (a + adapter(self.layer, "o", n).to(a.dtype))
+        scale = self.mlp_scale.to(x.dtype)
         n = rms(x) * self.in_scale
         h = self.mlp(n)
-        return x + self.mlp_scale.to(x.dtype) * (h + adapter(self.layer, "mlp", n).to(h.dtype))
+        return x + scale * (h + adapter(self.layer, "mlp", n).to(h.dtype))
 
 
 class BigramHash(nn.Module):
