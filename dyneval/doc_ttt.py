@@ -33,18 +33,16 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import distributed as dist_utils
 from .data import BOS_ID
 from .distributed import SINGLE, Ranks
 from .evaluate import EvalResult, Windows, reduce_result, score_windows
-from .model import GPT, rms
+from .model import GPT
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,58 +152,10 @@ class BatchedLoRA:
     def parameters(self) -> list[torch.Tensor]:
         return [t for key in self.A for t in (self.A[key], self.B[key])]
 
-    def delta(self, key, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, in) -> (B, T, out)."""
-        a, b = self.A[key], self.B[key]
+    def __call__(self, layer: int | None, site: str, x: torch.Tensor) -> torch.Tensor:
+        """The adapter of `GPT.logits`: site `site` of block `layer` (None: the head), x (B, T, in) -> (B, T, out)."""
+        a, b = self.A[(layer, site)], self.B[(layer, site)]
         return torch.bmm(torch.bmm(x, a.transpose(1, 2).to(x.dtype)), b.transpose(1, 2).to(x.dtype))
-
-
-@contextmanager
-def attached(model: GPT, lora: BatchedLoRA):
-    """Forward hooks adding the block adapters: Q, K, V from the attention's normed input n (added to the
-    projections), O from n (added after the output projection), MLP from its normed input (added to its
-    output), as the records place them. The head's is added in `lora_logits`."""
-    handles = []
-
-    def add(key):
-        def hook(module, args, out):
-            return out + lora.delta(key, args[0]).to(out.dtype)
-        return hook
-
-    for i, blk in enumerate(model.blocks):
-        for name, mod in (("q", blk.attn.c_q), ("k", blk.attn.c_k), ("v", blk.attn.c_v), ("o", blk.attn),
-                          ("mlp", blk.mlp)):
-            handles.append(mod.register_forward_hook(add((i, name))))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def lora_logits(model: GPT, ids: torch.Tensor, lora: BatchedLoRA) -> torch.Tensor:
-    """GPT.logits with the batched adapters (mirrors it line for line; with zero B it equals it bitwise,
-    which tests/test_doc_ttt.py checks): the head adapter reads the final normed hidden and is added to
-    the logits before the soft cap."""
-    with attached(model, lora):
-        x = model.tok_emb(ids)
-        if model.bigram is not None:
-            x = x + model.bigram(ids).to(x.dtype)
-        x = model.smear(rms(x))
-        x0 = x
-        skips = []
-        for block in model.blocks[: model.num_encoder]:
-            x = block(x, x0)
-            skips.append(x)
-        for i, block in enumerate(model.blocks[model.num_encoder:]):
-            if skips:
-                x = x + model.skip_weights[i].to(x.dtype) * skips.pop()
-            x = block(x, x0)
-        x = rms(x)
-        z = F.linear(x, model.tok_emb.weight.to(x.dtype)) if model.lm_head is None else model.lm_head(x)
-        z = z + lora.delta((None, "head"), x).to(z.dtype)
-    c = model.cfg.logit_softcap
-    return c * torch.tanh(z / c)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,7 +195,7 @@ def _fixed_batch(tokens: torch.Tensor, w: Windows, device):
 
 
 def lora_batch(model: GPT, tokens, lut, docs: list[tuple[int, int] | None], s: DocLoRASettings, seq_len: int,
-               rank_id: int, autocast: bool = False) -> dict:
+               rank_id: int, autocast: bool = False, forward=None) -> dict:
     """Per-document LoRA TTT over one batch of documents (rows; None = an empty row): stream rows, one per
     (document, chunk).
 
@@ -254,11 +204,15 @@ def lora_batch(model: GPT, tokens, lut, docs: list[tuple[int, int] | None], s: D
     document has a chunk after c, one AdamW step (β = (beta1, beta2), eps 1e-10, decoupled weight decay)
     on Σ over those documents of the mean loss over chunk c's targets. A document's last chunk is never
     trained on. Fresh adapters and optimizer state per batch; base weights frozen.
+    `forward` (default the model) runs the forward: a compiled region takes one graph for every batch
+    and chunk (one shape, (doc_batch, seq_len); the adapter tensors are arguments, not attributes), and
+    its backward is the adapter step's.
     """
     device = next(model.parameters()).device
     nb = s.doc_batch
     docs = list(docs) + [None] * (nb - len(docs))
     lora = BatchedLoRA(model, [None if d is None else d[0] for d in docs], s.rank, s.seed)
+    fwd = model if forward is None else forward
     opt = torch.optim.AdamW(lora.parameters(), lr=s.lr, betas=(s.beta1, s.beta2), eps=1e-10,
                             weight_decay=s.weight_decay, foreach=False)
     num_chunks = max((-(-(hi - lo) // s.chunk) for d in docs if d is not None for lo, hi in [d]), default=0)
@@ -267,8 +221,7 @@ def lora_batch(model: GPT, tokens, lut, docs: list[tuple[int, int] | None], s: D
         w, has_next = _chunk_rows(docs, c, s.chunk, seq_len)
         x, y, mask = _fixed_batch(tokens, w, device)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-            z = lora_logits(model, x, lora)
-        nll = F.cross_entropy(z.float().reshape(-1, z.size(-1)), y.reshape(-1), reduction="none").view_as(y)
+            nll = fwd(x, y, reduction="none", adapter=lora)  # (B, L): the scores, and the step's loss
         with torch.no_grad():
             nats = (nll.double() * mask).sum(dim=1).cpu().numpy()
             nbytes = (lut.target_bytes(x, y) * mask).sum(dim=1).cpu().numpy()
@@ -336,13 +289,16 @@ def _sgd_sequences(spans: np.ndarray, chunk_tokens: int, seq_len: int) -> list[W
 
 
 def global_sgd(model: GPT, tokens, spans: np.ndarray, g: GlobalSGDSettings, seq_len: int, ranks: Ranks,
-               autocast: bool = False, name: str = "phased_ttt") -> int:
+               autocast: bool = False, name: str = "phased_ttt", forward=None) -> int:
     """SGD with momentum (a fresh optimizer) on every base parameter over the concatenation of `spans`
     (already scored documents): one step per chunk of `chunk_tokens` targets, the last chunk skipped (as
     the records), lr on a cosine from `lr` at the first chunk toward 0, `epochs` passes; the loss is the
     mean token NLL over the chunk; its sequences are split contiguously over the ranks, their gradients
     summed in rank order (virtual ranks) and over processes (all-reduce), clipped to `grad_clip`. Train
-    mode (no fake quantization: the switch is off for these variants). Returns the steps taken."""
+    mode (no fake quantization: the switch is off for these variants). `forward` (default the model) runs
+    the forward; its batch size is the number of a chunk's sequences on a rank, which varies, so a compiled
+    one should be dynamic in it. Returns the steps taken."""
+    fwd = model if forward is None else forward
     chunks = _sgd_sequences(spans, g.chunk_tokens, seq_len)[:-1]
     if not chunks:
         return 0
@@ -364,7 +320,7 @@ def global_sgd(model: GPT, tokens, spans: np.ndarray, g: GlobalSGDSettings, seq_
                     continue
                 x, y, mask = _fixed_batch(tokens, part, device)
                 with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-                    nll = model(x, y, reduction="none")
+                    nll = fwd(x, y, reduction="none")
                 loss = (nll * mask).sum() / total
                 if not torch.isfinite(loss):
                     from .adapt import DivergedError
@@ -387,7 +343,7 @@ def global_sgd(model: GPT, tokens, spans: np.ndarray, g: GlobalSGDSettings, seq_
 
 def doc_lora_ttt(model: GPT, tokens, lut, s: DocLoRASettings, seq_len: int, ranks: Ranks = SINGLE, *,
                  phases: GlobalSGDSettings | None = None, order: str = "stream", autocast: bool = False,
-                 name: str = "doc_lora_ttt", log: dict | None = None) -> EvalResult:
+                 name: str = "doc_lora_ttt", log: dict | None = None, forward=None, sgd_forward=None) -> EvalResult:
     """Per-document LoRA TTT over every document, batches in `order`; with `phases`, phased global SGD.
 
     Batches are dealt to ranks in rounds: in round k, (virtual) rank v takes batch k·W + v of the
@@ -398,7 +354,8 @@ def doc_lora_ttt(model: GPT, tokens, lut, s: DocLoRASettings, seq_len: int, rank
     batch's index in ascending-length order (stream order for `stream`), cut to the first b_i, train the
     base weights (`global_sgd`, cumulative over phases); every later batch is scored on that base, with
     fresh adapters. Every base step uses documents already scored; every adapter step a chunk already
-    scored. `log` (a dict) receives the documents and steps of each phase.
+    scored. `log` (a dict) receives the documents and steps of each phase. `forward`: the forward of the
+    adapter batches (`lora_batch`), `sgd_forward`: of the global SGD (`global_sgd`); default the model.
     """
     t0 = time.perf_counter()
     spans = documents(tokens)
@@ -420,14 +377,15 @@ def doc_lora_ttt(model: GPT, tokens, lut, s: DocLoRASettings, seq_len: int, rank
                     break
                 if v in mine:
                     docs = [tuple(int(t) for t in spans[d]) for d in batches[k + v]]
-                    parts.append(lora_batch(model, tokens, lut, docs, s, seq_len, v, autocast))
+                    parts.append(lora_batch(model, tokens, lut, docs, s, seq_len, v, autocast, forward))
                 scored += [(rank_of_batch[k + v], j, d) for j, d in enumerate(batches[k + v])]
             while phase < len(bounds) and len(scored) >= bounds[phase]:
                 chosen = [d for _, _, d in sorted(scored)][: bounds[phase]]
                 before = [p.detach().clone() for p in model.parameters()] if log is not None else []
                 for p in model.parameters():
                     p.requires_grad_(True)
-                steps = global_sgd(model, tokens, spans[chosen], phases, seq_len, ranks, autocast, name)
+                steps = global_sgd(model, tokens, spans[chosen], phases, seq_len, ranks, autocast, name,
+                                   sgd_forward)
                 for p in model.parameters():
                     p.requires_grad_(False)
                 model.eval()

@@ -123,12 +123,22 @@ class CausalSelfAttention(nn.Module):
         self.proj = CastedLinear(cfg.num_heads * d, D, zero_init=True)
         self.rotary = Rotary(d, cfg.rope_dims, cfg.rope_base, cfg.rope_train_len)
 
-    def forward(self, x: Tensor) -> Tensor:
+    @staticmethod
+    def _adapted(linear: nn.Module, x: Tensor, adapter, layer: int, site: str) -> Tensor:
+        # each adapter right after its projection: the order of autograd's nodes, hence of the gradient sums
+        # into x, is the order of doc_ttt's former forward hooks (bitwise the same adapter steps)
+        y = linear(x)
+        return y if adapter is None else y + adapter(layer, site, x).to(y.dtype)
+
+    def forward(self, x: Tensor, adapter=None, layer: int = 0) -> Tensor:
         B, T, D = x.shape
         H, K, d = self.num_heads, self.num_kv_heads, self.head_dim
-        q = rms(self.c_q(x).view(B, T, H, d))  # (B, T, H, d)
-        k = rms(self.c_k(x).view(B, T, K, d))  # (B, T, K, d)
-        v = self.c_v(x).view(B, T, K, d)  # (B, T, K, d)
+        # (B, T, H*d), (B, T, K*d), (B, T, K*d); an adapter (GPT.logits) adds to each projection from x
+        q, k, v = (self._adapted(lin, x, adapter, layer, site) for lin, site in ((self.c_q, "q"), (self.c_k, "k"),
+                                                                                  (self.c_v, "v")))
+        q = rms(q.view(B, T, H, d))  # (B, T, H, d)
+        k = rms(k.view(B, T, K, d))  # (B, T, K, d)
+        v = v.view(B, T, K, d)  # (B, T, K, d)
         q, k = self.rotary(q), self.rotary(k)
         q = q * self.q_gain.to(q.dtype)[None, None, :, None]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, d)
@@ -165,14 +175,25 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg, use_xsa=layer >= cfg.num_layers - cfg.xsa_last_n)
         self.mlp = MLP(cfg)
         self.in_scale = 1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
+        self.layer = layer  # the adapter's key (GPT.logits)
 
-    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
+    def forward(self, x: Tensor, x0: Tensor, adapter=None) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         # every block may pull the first-layer representation x0 back in (learned per channel, init (1, 0))
         x = mix[0] * x + mix[1] * x0
         # pre-norm; ln_scale damps deeper blocks' inputs by 1/sqrt(layer+1), which steadies early training
-        x = x + self.attn_scale.to(x.dtype) * self.attn(rms(x) * self.in_scale)
-        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms(x) * self.in_scale)
+        if adapter is None:
+            x = x + self.attn_scale.to(x.dtype) * self.attn(rms(x) * self.in_scale)
+            return x + self.mlp_scale.to(x.dtype) * self.mlp(rms(x) * self.in_scale)
+        # the adapters on the attention's and the MLP's outputs, from their normed inputs
+        scale = self.attn_scale.to(x.dtype)
+        n = rms(x) * self.in_scale
+        a = self.attn(n, adapter, self.layer)
+        x = x + scale * (a + adapter(self.layer, "o", n).to(a.dtype))
+        scale = self.mlp_scale.to(x.dtype)
+        n = rms(x) * self.in_scale
+        h = self.mlp(n)
+        return x + scale * (h + adapter(self.layer, "mlp", n).to(h.dtype))
 
 
 class BigramHash(nn.Module):
@@ -253,8 +274,16 @@ class GPT(nn.Module):
                     with torch.no_grad():
                         module.weight.mul_(1.0 / math.sqrt(2 * self.cfg.num_layers))
 
-    def logits(self, ids: Tensor) -> Tensor:
-        """ids (B, T) int64 -> logits (B, T, V), softcapped."""
+    def logits(self, ids: Tensor, adapter=None) -> Tensor:
+        """ids (B, T) int64 -> logits (B, T, V), softcapped.
+
+        `adapter` (None: the model): additive low-rank changes, `adapter(layer, site, n)` -> (B, T, out) from
+        the site's input n, as the field's per-document TTT places them (doc_ttt.py): sites "q", "k", "v"
+        (added to the attention's projections, from its normed input), "o" (added to the attention's output,
+        from that same input), "mlp" (added to the MLP's output, from its normed input), and, with layer
+        None, "head" (added to the logits before the soft cap, from the final normed hidden). A function's
+        argument, not a hook or an attribute, so a compiled forward takes the adapter tensors as inputs.
+        """
         x = self.tok_emb(ids)  # (B, T, D)
         if self.bigram is not None:  # cheap bigram statistics, which a 1024-piece vocabulary lacks
             x = x + self.bigram(ids).to(x.dtype)
@@ -262,23 +291,26 @@ class GPT(nn.Module):
         x0 = x
         skips = []  # U-Net: encoder outputs feed the mirrored decoder blocks, last in first out
         for block in self.blocks[: self.num_encoder]:
-            x = block(x, x0)
+            x = block(x, x0, adapter)
             skips.append(x)
         for i, block in enumerate(self.blocks[self.num_encoder:]):
             if skips:
                 x = x + self.skip_weights[i].to(x.dtype) * skips.pop()
-            x = block(x, x0)
+            x = block(x, x0, adapter)
         x = rms(x)
         if self.lm_head is None:  # tied: the head is the token table, which saves 0.5 M parameters
             z = F.linear(x, self.tok_emb.weight.to(x.dtype))
         else:
             z = self.lm_head(x)
+        if adapter is not None:
+            z = z + adapter(None, "head", x).to(z.dtype)
         c = self.cfg.logit_softcap  # tanh soft cap bounds logits at +-c and keeps early training stable
         return c * torch.tanh(z / c)
 
-    def forward(self, ids: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
-        """Mean CE over every target (the run's training loss); reduction="none": per-token NLL (B, T) fp32."""
-        z = self.logits(ids)
+    def forward(self, ids: Tensor, targets: Tensor, reduction: str = "mean", adapter=None) -> Tensor:
+        """Mean CE over every target (the run's training loss); reduction="none": per-token NLL (B, T) fp32.
+        `adapter`: see `logits`."""
+        z = self.logits(ids, adapter)
         # the loss in fp32 whatever the autocast dtype, as the run: a bf16 log-softmax over 1024 pieces is coarse
         nll = F.cross_entropy(z.float().reshape(-1, z.size(-1)), targets.reshape(-1), reduction=reduction)
         return nll.view_as(targets) if reduction == "none" else nll

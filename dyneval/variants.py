@@ -77,13 +77,14 @@ class Job:
     cache: dict = field(default_factory=dict)  # shared across the variants of one evaluate call
     regions: graphs.Regions | None = None  # this variant's compiled functions (made by `region`), counted apart
 
-    def region(self, name: str, enabled: bool):
-        """The compiled function `name` of this variant when `enabled`, else False (run eagerly)."""
+    def region(self, name: str, enabled: bool, **kw):
+        """The compiled function `name` of this variant when `enabled`, else False (run eagerly); `kw` go to
+        `graphs.Region` when it is made (e.g. `dynamic=None` for a batch size that varies)."""
         if not enabled:
             return False
         if self.regions is None:
             self.regions = graphs.Regions(self.cfg.eval.compile_backend)
-        return self.regions.get(name)
+        return self.regions.get(name, **kw)
 
     @property
     def autocast(self) -> bool:
@@ -228,7 +229,13 @@ def run_doc_score(job: Job) -> tuple[EvalResult, dict]:
 
 
 def doc_ttt_variant(order: str, phased: bool):
-    """The field's per-document LoRA TTT (eager: the compiled path is not wired yet), with phased global SGD.
+    """The field's per-document LoRA TTT, with phased global SGD.
+
+    Compiled (`eval.compile`): region `lora` runs every adapter batch's forward, whose backward is the
+    adapter step: one graph, as every batch has one shape, (doc_batch, eval_seq_len). Region `global` runs
+    the global SGD's forward and backward (train mode, base weights trainable, hence its own graphs); a
+    chunk's sequence count varies, so it is compiled with `dynamic=None` (dynamo makes the batch size
+    symbolic at the second size it sees) rather than one graph per count.
 
     Not rank-local: batches are dealt to the real ranks in a fixed order and each document's adapters are its
     own, so the scores do not depend on the rank count; the global SGD divides the sum over every rank's
@@ -238,8 +245,11 @@ def doc_ttt_variant(order: str, phased: bool):
         s, g = doc_lora_settings(e), global_sgd_settings(e) if phased else None
         name = ("phased_ttt_field" if order == "field" else "phased_ttt") if phased else "doc_lora_ttt"
         log: dict = {}
-        res = doc_ttt.doc_lora_ttt(job.model(), job.tokens, job.lut, s, e.eval_seq_len, job.ranks, phases=g,
-                                   order=order, autocast=job.autocast, name=name, log=log)
+        m = job.model()
+        res = doc_ttt.doc_lora_ttt(m, job.tokens, job.lut, s, e.eval_seq_len, job.ranks, phases=g,
+                                   order=order, autocast=job.autocast, name=name, log=log,
+                                   forward=compiled(m, job.region("lora", job.compile)),
+                                   sgd_forward=compiled(m, job.region("global", job.compile and phased, dynamic=None)))
         settings = {"doc_lora": asdict(s), "order": order, "documents": int(len(doc_ttt.documents(job.tokens)))}
         if g:
             settings |= {"global_sgd": asdict(g), **log}

@@ -95,14 +95,26 @@ GRAPH_BUDGET = {
     "dynamic_tail": {"tail": 4},  # eval-mode scoring (full, last batch) and the step's tail windows with grad
     "dynamic_tail_mlp": {"tail": 4},
     "dynamic_krause": {"tail": 4},
+    "doc_score": {"forward": 2},  # sliding windows inside the 3 documents, in batches of 5: full, last
+    # the field's per-document TTT (settings below: 2 batches of 2 documents, 2 phases of global SGD):
+    # `lora`, the adapter batches' forward in grad mode, whose backward is the adapter step: one graph, as
+    # every batch is (doc_batch, eval_seq_len) whatever its documents and chunk
+    "doc_lora_ttt": {"lora": 1},
+    # `global`, the global SGD (train mode, base weights trainable): a chunk holds 2 or 3 sequences (one
+    # more where it crosses a document), dynamic in that count: the first count's graph, then a symbolic one
+    "phased_ttt": {"lora": 1, "global": 2},
+    "phased_ttt_field": {"lora": 1, "global": 2},
 }
+# The documents of the tiny stream (1218, 701 and 129 targets) in batches of 2, phases after 1 and 2
+# documents, 256-token global chunks: every mechanism of the field's variants runs compiled.
+DOC_TTT = ["eval.doc_batch=2", "eval.phased_prefix_docs=2", "eval.phased_num_phases=2", "eval.global_chunk_tokens=256"]
 
 
 def test_every_variant_compiled_in_one_process_stays_in_its_graph_budget_and_scores_bitwise_as_eager(
         eager_qat_run, tmp_path):
     from conftest import run_cli
     common = ["evaluate", "--run-dir", eager_qat_run, "--variants", "all", "--device", "cpu",
-              "--set", "eval.eval_batch_seqs=5"]
+              "--set", "eval.eval_batch_seqs=5", *(a for d in DOC_TTT for a in ("--set", d))]
     r = run_cli(*common, "--out", tmp_path / "eager")
     assert r.returncode == 0, r.stderr[-3000:]
     fast = ["--set", "eval.compile=1", "--set", "eval.compile_dynamic=1", "--set", "eval.compile_backend=aot_eager"]

@@ -68,7 +68,7 @@ def test_the_lora_forward_with_fresh_adapters_is_the_model_bitwise():
     x = stream()[: 2 * SEQ].view(2, SEQ)
     lora = doc_ttt.BatchedLoRA(m, [0, 37], 4, 0)
     with torch.no_grad():
-        assert torch.equal(doc_ttt.lora_logits(m, x, lora), m.logits(x))
+        assert torch.equal(m.logits(x, adapter=lora), m.logits(x))
 
 
 def test_doc_score_of_a_document_does_not_see_any_other_document(lut):
