@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from dyneval.evaluate import Windows, finish, score_windows, sliding_windows, window_batch
+from dyneval.evaluate import Windows, reduce_result, score_windows, sliding_windows, window_batch
 from dyneval.variants import LEGAL, Variant
 
 LR = 0.01  # one plain SGD step per chunk: enough to move every later score of a small model
@@ -65,7 +65,7 @@ def chunked(train_first: bool, name: str):
                                        scoring.batch_seqs))
             if not train_first:  # legal: every target it trains on is scored already
                 train_on(model, opt, job.tokens, lo, hi, scoring.seq_len)
-        return finish(name, parts, time.perf_counter() - t0), {"lr": LR, "chunk_tokens": chunk}
+        return reduce_result(name, parts, time.perf_counter() - t0), {"lr": LR, "chunk_tokens": chunk}
     return run
 
 
