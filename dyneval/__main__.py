@@ -294,15 +294,16 @@ def cmd_evaluate(args) -> int:
 
 def cmd_legality(args) -> int:
     from . import distributed, legality
-    from .variants import parse_quirks
+    from .variants import EvalOptions, parse_quirks
 
     cfg, run, artifact = scored_artifact(args, "legality")
     plugins = [v for f in args.plugin or [] for v in legality.load_plugin(f)]
     variants = legality.select_variants(args.variants, plugins)
     qat_flag_set = run.qat_flag_set() if run else True
     try:
-        report = legality.check_checkpoint(cfg, artifact, variants, args.prefix, parse_quirks(args.quirks or ""),
-                                           args.virtual_ranks, args.device, qat_flag_set, args.json,
+        options = EvalOptions(quirks=parse_quirks(args.quirks or ""), virtual_ranks=args.virtual_ranks,
+                              device=args.device, qat_flag_set=qat_flag_set)
+        report = legality.check_checkpoint(cfg, artifact, variants, args.prefix, options, args.json,
                                            log=lambda m: print(m, flush=True))
         if distributed.rank() == 0:
             failed = [n for n, v in report["variants"].items() if not v["ok"]]

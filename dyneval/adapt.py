@@ -15,6 +15,7 @@ Faithful behaviour is the default for the run's variants; each quirk is a switch
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -24,10 +25,9 @@ import numpy as np
 import torch
 
 from . import distributed as dist_utils
-from .config import DynamicSettings, KrauseSettings, ScoreFirstSettings, Scoring, TailSettings, TTTSettings
-from .distributed import SINGLE, Ranks
-from .evaluate import (EvalResult, Windows, compiled, model_mode, nonoverlap_windows, reduce_result, score_windows,
-                       sliding_windows, window_batch)
+from .config import DynamicSettings, KrauseSettings, ScoreFirstSettings, TailSettings, TTTSettings
+from .distributed import Ranks
+from .evaluate import EvalResult, Scorer, Windows, compiled, model_mode, reduce_result, score_copies, score_per_rank
 from .model import GPT, bf16_autocast
 
 
@@ -61,63 +61,63 @@ def rank_copies(model: GPT, ranks: Ranks) -> list[tuple[int, GPT]]:
 # ----------------------------------------------------------------------------------------------
 # The run's dynamic eval
 
-def dynamic_step(fwd, opt, x, y, b: int, adapt_every: int, autocast: bool, name: str) -> None:
-    """The run's dynamic-eval update after batch b: when b % adapt_every == 0, one SGD step on the
-    mean CE of the batch's first window as padded. `fwd` runs in train mode (fake quant if on)."""
-    if b % adapt_every:
-        return
-    with bf16_autocast(x, autocast):
-        loss = fwd(x[:1], y[:1])
-    check_finite(loss, name, b)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+class DynamicStep:
+    """The run's dynamic-eval update, called after every scored batch b: when b % adapt_every == 0, one plain
+    SGD step (no momentum, no weight decay) on every parameter, on the mean CE of the batch's first window as
+    padded. `forward` runs in the model's mode (train mode: fake quant if its switch is on)."""
+
+    def __init__(self, forward, params, dyn: DynamicSettings, autocast: bool, name: str):
+        self.forward, self.every, self.autocast, self.name = forward, dyn.adapt_every, autocast, name
+        self.opt = torch.optim.SGD(params, lr=dyn.lr)
+
+    def __call__(self, b: int, x, y) -> None:
+        if b % self.every:
+            return
+        with bf16_autocast(x, self.autocast):
+            loss = self.forward(x[:1], y[:1])
+        check_finite(loss, self.name, b)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
 
 
 def dynamic_hook(dyn: DynamicSettings, autocast: bool, name: str):
-    """`dynamic_step` as a per-batch hook while `score_first_ttt` scores: there the model scores in
-    eval mode, so the step switches it to train mode and back. One SGD optimizer per model copy, kept
+    """`DynamicStep` as a per-batch hook while `score_first_ttt` scores: there the model scores in eval
+    mode, so the step switches it to train mode and back. One step (one SGD optimizer) per model copy, kept
     across chunks (each rank's chain of steps is its own, as on the run's GPUs)."""
-    opts: dict[int, torch.optim.Optimizer] = {}
+    steps: dict[int, DynamicStep] = {}
 
     def hook(b, x, y, model):
-        opt = opts.setdefault(id(model), torch.optim.SGD(model.parameters(), lr=dyn.lr))
+        if id(model) not in steps:
+            steps[id(model)] = DynamicStep(model, model.parameters(), dyn, autocast, name)
         with model_mode(model, training=True):
-            dynamic_step(model, opt, x, y, b, dyn.adapt_every, autocast, name)
+            steps[id(model)](b, x, y)
 
     return hook
 
 
-def adapt_dynamic(model: GPT, tokens, lut, scoring: Scoring, dyn: DynamicSettings, ranks: Ranks = SINGLE, *,
-                  autocast: bool = False, compile=False, name: str = "dynamic") -> EvalResult:
+def adapt_dynamic(model: GPT, sc: Scorer, dyn: DynamicSettings, *, compile=False, name: str = "dynamic") -> EvalResult:
     """The run's dynamic eval: sliding windows scored in train mode, SGD on one window every few batches.
 
     Scored tokens and contexts are exactly those of `evaluate_sliding`. Each rank (or virtual rank)
     takes a contiguous slice of the windows and adapts its own copy of the weights: after scoring
-    its batch b (0-based), when b % adapt_every == 0, one plain SGD step (no momentum, no weight
-    decay) on every parameter, on the mean CE of that batch's first window as padded (padding
-    targets, id 0, included -- the run's loss call does not mask them). The step can only have seen
-    targets the rank has already scored, so the pass is legal; but it trains on a window scored up
-    to 4 batches earlier and on 1/128 of the scored windows, which is why its gain is small.
+    its batch b (0-based), when b % adapt_every == 0, one plain SGD step (`DynamicStep`) on every
+    parameter, on the mean CE of that batch's first window as padded (padding targets, id 0, included
+    -- the run's loss call does not mask them). The step can only have seen targets the rank has
+    already scored, so the pass is legal; but it trains on a window scored up to 4 batches earlier and
+    on 1/128 of the scored windows, which is why its gain is small.
     The model runs in train mode, so late-QAT fake quantization applies when its switch is on (the
     run's quirk: its class-wide flag stayed on after training).
     `compile` (True, or a `graphs.Region` that counts its graphs): the scoring forward and the step run
     through torch.compile -- the run scored uncompiled; the math is the same, only the kernels are fused.
     """
-    t0 = time.perf_counter()
-    windows = sliding_windows(tokens.numel() - 1, scoring.seq_len, scoring.stride)
-    parts = []
-    for v, m in rank_copies(model, ranks):
-        m.train()  # the run never called eval() before its dynamic eval
-        fwd = compiled(m, compile)
-        opt = torch.optim.SGD(m.parameters(), lr=dyn.lr)
+    @contextlib.contextmanager
+    def train_mode(m, _):
+        with model_mode(m, training=True):  # the run never called eval() before its dynamic eval
+            fwd = compiled(m, compile)
+            yield fwd, DynamicStep(fwd, m.parameters(), dyn, sc.autocast, name)
 
-        def step(b, x, y, fwd=fwd, opt=opt):
-            dynamic_step(fwd, opt, x, y, b, dyn.adapt_every, autocast, name)
-
-        parts.append(score_windows(m, tokens, lut, windows.for_rank(v, ranks.total), scoring.batch_seqs, v, step,
-                                   autocast, fwd))
-    return reduce_result(name, parts, time.perf_counter() - t0)
+    return score_per_rank(name, sc, rank_copies(model, sc.ranks), sc.sliding(), train_mode)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,10 +131,10 @@ class Learner:
     opt: torch.optim.Optimizer
 
 
-def _lockstep_sgd_epochs(pairs: list[tuple[GPT, Windows]], tokens: torch.Tensor, num_ranks: int,
-                         learners: dict[int, Learner], ttt: TTTSettings, *, autocast: bool, name: str) -> None:
-    """`ttt.epochs` of SGD over each (model, slice) pair, one pair per rank this process handles, with the
-    gradient averaged over all `num_ranks` ranks as the run's all-reduce does.
+def _lockstep_sgd_epochs(pairs: list[tuple[GPT, Windows]], sc: Scorer, learners: dict[int, Learner],
+                         ttt: TTTSettings, name: str) -> None:
+    """`ttt.epochs` of SGD over each (model, slice) pair of `sc.tokens`, one pair per rank this process
+    handles, with the gradient averaged over all `sc.ranks.total` ranks as the run's all-reduce does.
 
     At step i, rank k contributes the mean CE of its i-th batch of sequences; every rank then applies
     the same averaged gradient. When ranks share one model (their weights are identical anyway), the
@@ -157,12 +157,12 @@ def _lockstep_sgd_epochs(pairs: list[tuple[GPT, Windows]], tokens: torch.Tensor,
                 w = w.slice(i * ttt.batch_seqs, (i + 1) * ttt.batch_seqs)
                 if not len(w):
                     continue  # a shorter slice contributes zeros to the average, as an idle rank does
-                x, y, _ = window_batch(tokens, w, device)
-                with bf16_autocast(x, autocast):
+                x, y, _ = sc.batch(w, device)
+                with bf16_autocast(x, sc.autocast):
                     loss = m(x, y)
                 check_finite(loss, name, epoch * steps + i)
                 loss.backward()
-            _average_grads([learners[id(m)].params for m in models], num_ranks)
+            _average_grads([learners[id(m)].params for m in models], sc.ranks.total)
             for m in models:
                 if ttt.grad_clip:
                     torch.nn.utils.clip_grad_norm_(learners[id(m)].params, ttt.grad_clip)
@@ -192,13 +192,12 @@ def _average_grads(param_lists: list[list], num_ranks: int) -> None:
             q.grad.copy_(p.grad)
 
 
-def pre_eval_ttt(model: GPT, tokens, seq_len: int, ttt: TTTSettings, ranks: Ranks = SINGLE, *,
-                 autocast: bool = False) -> float:
+def pre_eval_ttt(model: GPT, sc: Scorer, ttt: TTTSettings) -> float:
     """The run's pre-eval TTT -- NOT VALID: it trains on validation tokens before scoring them.
 
     Freezes the first `freeze_blocks` blocks; SGD with momentum (torch's SGD: no Nesterov, dampening
     or weight decay) on the rest; `epochs` passes over the validation stream as non-overlapping
-    `seq_len` sequences, rank r taking sequences [n*r/W, n*(r+1)/W), `batch_seqs` per step; mean
+    `sc.plan.seq_len` sequences, rank r taking sequences [n*r/W, n*(r+1)/W), `batch_seqs` per step; mean
     CE, gradients averaged across ranks, trainable gradients clipped to norm `grad_clip`. Train mode
     (QAT fake quantization applies when its switch is on). Afterwards every parameter is trainable.
     Every rank holds the same weights throughout, so virtual ranks share one model. Returns seconds.
@@ -208,11 +207,11 @@ def pre_eval_ttt(model: GPT, tokens, seq_len: int, ttt: TTTSettings, ranks: Rank
     params = [p for p in model.parameters() if id(p) not in frozen]
     for p in model.parameters():
         p.requires_grad_(id(p) not in frozen)
-    seqs = nonoverlap_windows(tokens.numel() - 1, seq_len)
+    seqs = sc.nonoverlap()
     opt = torch.optim.SGD(params, lr=ttt.lr, momentum=ttt.momentum)
     try:
-        _lockstep_sgd_epochs([(model, seqs.for_rank(v, ranks.total)) for v in ranks.mine()], tokens, ranks.total,
-                             {id(model): Learner(params, opt)}, ttt, autocast=autocast, name="pre_eval_ttt")
+        _lockstep_sgd_epochs([(model, seqs.for_rank(v, sc.ranks.total)) for v in sc.ranks.mine()], sc,
+                             {id(model): Learner(params, opt)}, ttt, "pre_eval_ttt")
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -223,8 +222,7 @@ def pre_eval_ttt(model: GPT, tokens, seq_len: int, ttt: TTTSettings, ranks: Rank
 # ----------------------------------------------------------------------------------------------
 # Legal: the merged records' score-first TTT
 
-def score_first_ttt(model: GPT, tokens, lut, scoring: Scoring, sf: ScoreFirstSettings, ranks: Ranks = SINGLE, *,
-                    dynamic: DynamicSettings | None = None, autocast: bool = False,
+def score_first_ttt(model: GPT, sc: Scorer, sf: ScoreFirstSettings, *, dynamic: DynamicSettings | None = None,
                     name: str = "score_first_ttt") -> EvalResult:
     """Score-first TTT (legal): for each chunk, score its windows, then train on its scored targets.
 
@@ -238,48 +236,51 @@ def score_first_ttt(model: GPT, tokens, lut, scoring: Scoring, sf: ScoreFirstSet
     the GPUs of a real run would; without it all ranks hold the same weights and share one model.
     """
     t0 = time.perf_counter()
-    N = tokens.numel() - 1
     ttt = sf.ttt
-    windows = sliding_windows(N, scoring.seq_len, scoring.stride)
-    first = windows.starts + windows.score_from
-    num_chunks = max(1, math.ceil(N / sf.chunk_tokens))
-    chunk_of = np.minimum(first // sf.chunk_tokens, num_chunks - 1)
-    copies = rank_copies(model, ranks) if dynamic else [(v, model) for v in ranks.mine()]
+    windows = sc.sliding()
+    num_chunks = max(1, math.ceil(sc.num_targets / sf.chunk_tokens))
+    chunk_of = np.minimum((windows.starts + windows.score_from) // sf.chunk_tokens, num_chunks - 1)
+    copies = rank_copies(model, sc.ranks) if dynamic else [(v, model) for v in sc.ranks.mine()]
     models = list({id(m): m for _, m in copies}.values())
     learners = {id(m): Learner(list(m.parameters()), torch.optim.SGD(m.parameters(), lr=ttt.lr, momentum=ttt.momentum))
                 for m in models}
-    hook = dynamic_hook(dynamic, autocast, name) if dynamic else None
-    scored_end = 0
-    parts = []
+    hook = dynamic_hook(dynamic, sc.autocast, name) if dynamic else None
+
+    @contextlib.contextmanager
+    def eval_mode(m, _):
+        with model_mode(m, training=False):
+            yield None, (lambda b, x, y: hook(b, x, y, m)) if hook else None
+
+    scored_end, parts = 0, []
     for c in range(num_chunks):
         idx = np.nonzero(chunk_of == c)[0]
         if not len(idx):
             continue
         cw = windows.slice(int(idx[0]), int(idx[-1]) + 1)
-        for v, m in copies:  # score first: no update has seen any target of this chunk yet
-            m.eval()
-            after = (lambda b, x, y, m=m: hook(b, x, y, m)) if hook else None
-            parts.append(score_windows(m, tokens, lut, cw.for_rank(v, ranks.total), scoring.batch_seqs, v, after,
-                                       autocast))
+        parts += score_copies(sc, copies, cw, eval_mode)  # score first: no update has seen this chunk yet
         scored_end = max(scored_end, int((cw.starts + cw.lengths).max()))
-        if c == num_chunks - 1 or not ttt.epochs:
+        seqs = _chunk_sequences(c, sf.chunk_tokens, scored_end, sc.plan.seq_len)
+        if c == num_chunks - 1 or not ttt.epochs or seqs is None:
             continue  # nothing is left to score with what the last chunk would teach
-        lo, hi = c * sf.chunk_tokens, min((c + 1) * sf.chunk_tokens, scored_end)
-        n_seq = (hi - lo) // scoring.seq_len
-        if n_seq <= 0:
-            continue
-        L = scoring.seq_len
-        seqs = Windows(lo + np.arange(n_seq, dtype=np.int64) * L, np.full(n_seq, L, dtype=np.int64),
-                       np.zeros(n_seq, dtype=np.int64), L)
         for learner in learners.values():  # the merged records' cosine decay of the TTT lr over chunks
             for g in learner.opt.param_groups:
                 g["lr"] = ttt.lr * 0.5 * (1 + math.cos(math.pi * c / max(num_chunks - 1, 1)))
-        _lockstep_sgd_epochs([(m, seqs.for_rank(v, ranks.total)) for v, m in copies], tokens, ranks.total,
-                             learners, ttt, autocast=autocast, name=name)
+        _lockstep_sgd_epochs([(m, seqs.for_rank(v, sc.ranks.total)) for v, m in copies], sc, learners, ttt, name)
     for m in models:
         for p in m.parameters():
             p.grad = None
     return reduce_result(name, parts, time.perf_counter() - t0)
+
+
+def _chunk_sequences(c: int, chunk_tokens: int, scored_end: int, seq_len: int) -> Windows | None:
+    """The `seq_len` sequences score-first TTT trains on after chunk c: chunk c's targets, up to the end of
+    what is scored; None when not one whole sequence fits."""
+    lo, hi = c * chunk_tokens, min((c + 1) * chunk_tokens, scored_end)
+    n_seq = (hi - lo) // seq_len
+    if n_seq <= 0:
+        return None
+    return Windows(lo + np.arange(n_seq, dtype=np.int64) * seq_len, np.full(n_seq, seq_len, dtype=np.int64),
+                   np.zeros(n_seq, dtype=np.int64), seq_len)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,9 +394,8 @@ class TailUpdate:
             p.copy_(self.master[i])
 
 
-def adapt_dynamic_tail(model: GPT, tokens, lut, scoring: Scoring, tail: TailSettings | KrauseSettings,
-                       ranks: Ranks = SINGLE, *, rms_stats: dict | None = None, autocast: bool = False, compile=False,
-                       name: str = "dynamic_tail") -> EvalResult:
+def adapt_dynamic_tail(model: GPT, sc: Scorer, tail: TailSettings | KrauseSettings, *, rms_stats: dict | None = None,
+                       compile=False, name: str = "dynamic_tail") -> EvalResult:
     """Improved dynamic eval (legal): after every batch, one step on exactly the targets it just scored.
 
     Scoring is `evaluate_sliding`'s (eval mode: no fake quantization). Batch b scores a contiguous
@@ -412,29 +412,28 @@ def adapt_dynamic_tail(model: GPT, tokens, lut, scoring: Scoring, tail: TailSett
     measured on training batches -- the update normalised per parameter, pulled back toward the
     trained weights so that a long stream does not drift.
     """
-    t0 = time.perf_counter()
-    windows = sliding_windows(tokens.numel() - 1, scoring.seq_len, scoring.stride)
-    parts = []
-    for v, m in rank_copies(model, ranks):
-        m.eval()
-        update = TailUpdate(m, tail, rms_stats, name)
-        fwd = compiled(m, compile)
-        mw = windows.for_rank(v, ranks.total)
-        spans = [mw.slice(lo, lo + scoring.batch_seqs) for lo in range(0, len(mw), scoring.batch_seqs)]
+    @contextlib.contextmanager
+    def tail_steps(m, mine: Windows):
+        with model_mode(m, training=False):
+            update = TailUpdate(m, tail, rms_stats, name)
+            fwd = compiled(m, compile)
+            spans = [mine.slice(lo, lo + sc.plan.batch_seqs) for lo in range(0, len(mine), sc.plan.batch_seqs)]
+            try:
+                yield fwd, lambda b, x, y: _tail_step(sc, fwd, update, spans[b], x.device, (name, b))
+            finally:
+                for p in m.parameters():
+                    p.requires_grad_(True)
 
-        def step(b, x, y, fwd=fwd, update=update, spans=spans):
-            w = spans[b]
-            lo, hi = int((w.starts + w.score_from).min()), int((w.starts + w.lengths).max())
-            tx, ty, mask = window_batch(tokens, tail_windows(lo, hi, scoring.seq_len), x.device)
-            with bf16_autocast(tx, autocast):
-                nll = fwd(tx, ty, reduction="none")
-            loss = (nll * mask).sum() / mask.sum().clamp_min(1)
-            check_finite(loss, name, b)
-            update.apply(torch.autograd.grad(loss, update.params, allow_unused=True))
+    return score_per_rank(name, sc, rank_copies(model, sc.ranks), sc.sliding(), tail_steps)
 
-        try:
-            parts.append(score_windows(m, tokens, lut, mw, scoring.batch_seqs, v, step, autocast, fwd))
-        finally:
-            for p in m.parameters():
-                p.requires_grad_(True)
-    return reduce_result(name, parts, time.perf_counter() - t0)
+
+def _tail_step(sc: Scorer, fwd, update: TailUpdate, w: Windows, device, where: tuple[str, int]) -> None:
+    """One `adapt_dynamic_tail` step after the batch of windows `w`: the mean CE over the targets it scored,
+    [lo, hi), on `tail_windows` (each with up to L of context); `where` = (variant, batch) for errors."""
+    lo, hi = int((w.starts + w.score_from).min()), int((w.starts + w.lengths).max())
+    tx, ty, mask = sc.batch(tail_windows(lo, hi, sc.plan.seq_len), device)
+    with bf16_autocast(tx, sc.autocast):
+        nll = fwd(tx, ty, reduction="none")
+    loss = (nll * mask).sum() / mask.sum().clamp_min(1)
+    check_finite(loss, *where)
+    update.apply(torch.autograd.grad(loss, update.params, allow_unused=True))

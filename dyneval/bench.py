@@ -22,7 +22,7 @@ from .evaluate import sliding_windows
 from .model import configure_backends, set_numerics
 from .optim import build_optimizers, zeropower_via_newtonschulz5
 from .train import accumulate, build_model
-from .variants import VARIANTS, DequantizedArtifact, job_for, parse_variants
+from .variants import VARIANTS, DequantizedArtifact, EvalInputs, job_for, parse_variants
 
 
 def _sync(device) -> None:
@@ -108,10 +108,10 @@ def bench_eval(cfg, variants: list[str], num_windows: int, device: str | None, l
         v = VARIANTS[name]
         log(f"bench eval: {name}: warm-up on a short prefix (compiles every shape) ...")
         t0 = time.perf_counter()
-        v.run(job_for(v, cfg, ck, prefix, lut, Quirks(), ranks, backends, {}))  # compile every shape first
+        v.run(job_for(v, cfg, EvalInputs(ck, prefix, lut, backends), Quirks(), ranks, {}))  # compile every shape first
         _sync(ctx.device)
         log(f"bench eval: {name}: warm-up done in {time.perf_counter() - t0:.1f} s; timing {n_win:,} windows ...")
-        job = job_for(v, cfg, ck, tokens, lut, Quirks(), ranks, backends, {})
+        job = job_for(v, cfg, EvalInputs(ck, tokens, lut, backends), Quirks(), ranks, {})
         t0 = time.perf_counter()
         r, _ = v.run(job)
         _sync(ctx.device)
@@ -154,15 +154,15 @@ def dynamic_compiled_vs_eager(run_dir: str | Path, device: str | None = None, vi
     run_dir = Path(run_dir)
     run = RunFolder(run_dir)
     cfg = run_config(run_dir)
-    backends = configure_backends(cfg, ctx.device)
-    lut, tokens, ck = evaluation_inputs(cfg, run.latest_artifact(), ctx.device)
+    inputs = evaluation_inputs(cfg, run.latest_artifact(), ctx.device)
+    tokens = inputs.tokens
     quirks = Quirks(qat_on=run.qat_flag_set())
     out = {"run": str(run_dir), "tokens": tokens.numel()}
     v = VARIANTS["dynamic"]
     for name, comp in (("eager", False), ("compiled", True)):
         c = cfg.with_overrides({"eval.compile_dynamic": where if comp else "0",
                                 "eval.compile_backend": backend or cfg.eval.compile_backend})
-        job = job_for(v, c, ck, tokens, lut, quirks, default_ranks(c, virtual_ranks), backends, {})
+        job = job_for(v, c, inputs, quirks, default_ranks(c, virtual_ranks), {})
         r, settings = v.run(job)
         out[name] = {"bpb": r.bpb, "loss": r.loss, "seconds": r.seconds, "compiled": job.compile_dynamic,
                      "ranks": job.ranks.describe()}

@@ -16,13 +16,14 @@ from . import files
 from .environ import ENV_NAMES, ENV_SWITCHES, NOT_REPRODUCED, from_env
 from .presets import PRESETS, PUBLISHED_STEPS, STEP_COUNT_PROFILES, preset, published_iterations, resolve_seed_steps
 from .runfolder import RunFolder
-from .sections import (COMPILE_BACKENDS, DynamicSettings, EvalConfig, KrauseSettings, ModelConfig, OptimConfig,
-                       RunConfig, ScoreFirstSettings, Scoring, Switch, TailSettings, TrainConfig, TTTSettings, _build,
-                       _coerce, _locate, _split, switch_on)
+from .sections import (COMPILE_BACKENDS, SETTINGS_VIEWS, DocLoRASettings, DynamicSettings, EvalConfig,
+                       GlobalSGDSettings, KrauseSettings, ModelConfig, OptimConfig, RunConfig, ScoreFirstSettings,
+                       Scoring, Switch, TailSettings, TrainConfig, TTTSettings, _build, _coerce, _locate, _split,
+                       switch_on)
 
-__all__ = ["COMPILE_BACKENDS", "DynamicSettings", "ENV_NAMES", "ENV_SWITCHES", "EvalConfig", "KrauseSettings",
+__all__ = ["COMPILE_BACKENDS", "DocLoRASettings", "DynamicSettings", "ENV_NAMES", "ENV_SWITCHES", "EvalConfig", "GlobalSGDSettings", "KrauseSettings",
            "ModelConfig", "NOT_REPRODUCED", "OptimConfig", "PRESETS", "PUBLISHED_STEPS", "Resolved", "RunConfig",
-           "STEP_COUNT_PROFILES", "ScoreFirstSettings", "Scoring", "Switch", "TTTSettings", "TailSettings",
+           "SETTINGS_VIEWS", "STEP_COUNT_PROFILES", "ScoreFirstSettings", "Scoring", "Switch", "TTTSettings", "TailSettings",
            "TrainConfig", "_build", "_coerce", "_locate", "_split", "from_env", "is_run_overridable", "preset",
            "published_iterations", "resolve", "resolve_seed_steps", "run_config", "switch_on"]
 

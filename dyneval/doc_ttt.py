@@ -31,6 +31,7 @@ compiled graphs to one shape.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -39,33 +40,22 @@ import numpy as np
 import torch
 
 from . import distributed as dist_utils
+from .adapt import DivergedError
+from .config import DocLoRASettings, GlobalSGDSettings
 from .data import BOS_ID
-from .distributed import SINGLE, Ranks
-from .evaluate import EvalResult, Windows, reduce_result, score_windows
-from .model import GPT
+from .evaluate import (EvalResult, Scorer, Windows, concat_streams, evaluate_windows, model_mode, reduce_result,
+                       stream_rows)
+from .model import GPT, bf16_autocast
 
 
-@dataclass(frozen=True, kw_only=True)
-class DocLoRASettings:
-    doc_batch: int  # documents per batch, one adapter set each (records: TTT_BATCH_SIZE 64)
-    chunk: int  # targets per chunk: score it, then one step on it (records: TTT_CHUNK_SIZE 48)
-    rank: int  # adapter rank (records: TTT_LORA_RANK 96)
-    lr: float  # AdamW lr (records: TTT_LORA_LR 1e-4)
-    beta1: float  # records: TTT_BETA1 0
-    beta2: float  # records: TTT_BETA2 0.999
-    weight_decay: float  # decoupled (records: TTT_WEIGHT_DECAY 0.5)
-    seed: int  # adapter init: seeded per document from (seed, the document's first token position)
+@dataclass(frozen=True)
+class DocTTT:
+    """What a per-document TTT pass does: the documents' adapters, the phased global SGD (None: no phases), and
+    the `order` its batches are processed in ("stream" or "field", see `batches_in_order`)."""
 
-
-@dataclass(frozen=True, kw_only=True)
-class GlobalSGDSettings:
-    prefix_docs: int  # documents whose scoring precedes base updates (records: PHASED_TTT_PREFIX_DOCS 2000)
-    num_phases: int  # records: PHASED_TTT_NUM_PHASES 3
-    lr: float  # peak of the cosine over chunks (records: GLOBAL_TTT_LR 1e-3)
-    momentum: float  # records: GLOBAL_TTT_MOMENTUM 0.9
-    epochs: int  # records: GLOBAL_TTT_EPOCHS 1
-    chunk_tokens: int  # one SGD step per chunk of the concatenation; the last chunk skipped (records: 32,768)
-    grad_clip: float  # global norm (records: GLOBAL_TTT_GRAD_CLIP 1.0)
+    lora: DocLoRASettings
+    phases: GlobalSGDSettings | None = None
+    order: str = "stream"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,21 +87,15 @@ def doc_windows(lo: int, hi: int, seq_len: int, stride: int) -> Windows:
     return Windows(starts, ends - starts, prev - starts, seq_len)
 
 
-def evaluate_doc_score(model: GPT, tokens, lut, seq_len: int, stride: int, batch_seqs: int,
-                       ranks: Ranks = SINGLE, autocast: bool = False, forward=None) -> EvalResult:
-    """Every document scored alone from its BOS, with sliding windows (stride `stride`) inside documents
-    longer than `seq_len`; no adaptation, eval mode. Each target is scored once, with the context of its
-    own document only (at most seq_len - 1 tokens). Rank r takes a contiguous slice of the windows."""
-    t0 = time.perf_counter()
-    plans = [doc_windows(int(a), int(b), seq_len, stride) for a, b in documents(tokens)]
+def evaluate_doc_score(model: GPT, sc: Scorer, forward=None) -> EvalResult:
+    """Every document scored alone from its BOS, with sliding windows (stride `sc.plan.stride`) inside
+    documents longer than `sc.plan.seq_len`; no adaptation, eval mode. Each target is scored once, with the
+    context of its own document only (at most seq_len - 1 tokens). Rank r takes a contiguous slice of the
+    windows."""
+    plans = [doc_windows(int(a), int(b), sc.plan.seq_len, sc.plan.stride) for a, b in documents(sc.tokens)]
     w = Windows(*(np.concatenate([getattr(p, k) for p in plans]) for k in ("starts", "lengths", "score_from")),
-                seq_len)
-    was = model.training
-    model.eval()
-    rows = score_windows(model, tokens, lut, w.for_rank(ranks.rank, ranks.world), batch_seqs, ranks.rank,
-                         autocast=autocast, forward=forward)
-    model.train(was)
-    return reduce_result("doc_score", [rows], time.perf_counter() - t0)
+                sc.plan.seq_len)
+    return evaluate_windows("doc_score", model, sc, w, forward)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -181,23 +165,10 @@ def _chunk_rows(docs: list[tuple[int, int] | None], c: int, chunk: int, seq_len:
     return Windows(starts, lengths, score_from, seq_len), has_next
 
 
-def _fixed_batch(tokens: torch.Tensor, w: Windows, device):
-    """x, y, scored mask (B, L): zero rows where a row has no window (length 0)."""
-    L = w.seq_len
-    offs = torch.arange(L)
-    valid = offs[None, :] < torch.as_tensor(w.lengths)[:, None]
-    idx = (torch.as_tensor(w.starts)[:, None] + offs[None, :]).clamp_max(tokens.numel() - 2)
-    tok = tokens.cpu()
-    x = torch.where(valid, tok[idx], 0)
-    y = torch.where(valid, tok[idx + 1], 0)
-    mask = valid & (offs[None, :] >= torch.as_tensor(w.score_from)[:, None])
-    return x.to(device), y.to(device), mask.to(device)
-
-
-def lora_batch(model: GPT, tokens, lut, docs: list[tuple[int, int] | None], s: DocLoRASettings, seq_len: int,
-               rank_id: int, autocast: bool = False, forward=None) -> dict:
-    """Per-document LoRA TTT over one batch of documents (rows; None = an empty row): stream rows, one per
-    (document, chunk).
+def lora_batch(model: GPT, sc: Scorer, docs: list[tuple[int, int] | None], s: DocLoRASettings, rank_id: int,
+               forward=None) -> dict:
+    """Per-document LoRA TTT over one batch of documents of `sc.tokens` (rows; None = an empty row): stream
+    rows, one per (document, chunk).
 
     For chunk index c = 0, 1, ...: one forward of every row (documents without a chunk c are masked);
     chunk c's per-token losses are recorded (scored before any step has seen them); then, if some
@@ -209,43 +180,34 @@ def lora_batch(model: GPT, tokens, lut, docs: list[tuple[int, int] | None], s: D
     its backward is the adapter step's.
     """
     device = next(model.parameters()).device
-    nb = s.doc_batch
-    docs = list(docs) + [None] * (nb - len(docs))
+    docs = list(docs) + [None] * (s.doc_batch - len(docs))
     lora = BatchedLoRA(model, [None if d is None else d[0] for d in docs], s.rank, s.seed)
     fwd = model if forward is None else forward
     opt = torch.optim.AdamW(lora.parameters(), lr=s.lr, betas=(s.beta1, s.beta2), eps=1e-10,
                             weight_decay=s.weight_decay, foreach=False)
     num_chunks = max((-(-(hi - lo) // s.chunk) for d in docs if d is not None for lo, hi in [d]), default=0)
-    rows = {k: [] for k in ("window_start", "first_scored", "num_scored", "nats", "bytes", "rank")}
+    parts = []
     for c in range(num_chunks):
-        w, has_next = _chunk_rows(docs, c, s.chunk, seq_len)
-        x, y, mask = _fixed_batch(tokens, w, device)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        w, has_next = _chunk_rows(docs, c, s.chunk, sc.plan.seq_len)
+        x, y, mask = sc.batch(w, device)
+        with bf16_autocast(x, sc.autocast):
             nll = fwd(x, y, reduction="none", adapter=lora)  # (B, L): the scores, and the step's loss
         with torch.no_grad():
             nats = (nll.double() * mask).sum(dim=1).cpu().numpy()
-            nbytes = (lut.target_bytes(x, y) * mask).sum(dim=1).cpu().numpy()
-        for r in np.nonzero(w.lengths > 0)[0]:
-            rows["window_start"].append(w.starts[r])
-            rows["first_scored"].append(w.starts[r] + w.score_from[r])
-            rows["num_scored"].append(w.lengths[r] - w.score_from[r])
-            rows["nats"].append(nats[r])
-            rows["bytes"].append(nbytes[r])
-            rows["rank"].append(rank_id)
+            nbytes = (sc.lut.target_bytes(x, y) * mask).sum(dim=1).cpu().numpy()
+        rows = np.nonzero(w.lengths > 0)[0]
+        parts.append(stream_rows(Windows(w.starts[rows], w.lengths[rows], w.score_from[rows], w.seq_len),
+                                 nats[rows], nbytes[rows], rank_id))
         if not has_next.any():
             continue
         train = mask & torch.as_tensor(has_next, device=device)[:, None]
-        per_doc = (nll * train).sum(dim=1) / train.sum(dim=1).clamp_min(1)
-        loss = per_doc.sum()
+        loss = ((nll * train).sum(dim=1) / train.sum(dim=1).clamp_min(1)).sum()  # Σ of per-document means
         if not torch.isfinite(loss):
-            from .adapt import DivergedError
             raise DivergedError(f"doc_lora_ttt: adaptation diverged at chunk {c}: lower eval.doc_lora_lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    dtypes = {"window_start": np.int64, "first_scored": np.int64, "num_scored": np.int64, "nats": np.float64,
-              "bytes": np.float64, "rank": np.int64}
-    return {k: np.asarray(v, dtype=dtypes[k]) for k, v in rows.items()}
+    return concat_streams(parts)
 
 
 def batches_in_order(spans: np.ndarray, doc_batch: int, order: str) -> list[list[int]]:
@@ -288,63 +250,64 @@ def _sgd_sequences(spans: np.ndarray, chunk_tokens: int, seq_len: int) -> list[W
     return chunks
 
 
-def global_sgd(model: GPT, tokens, spans: np.ndarray, g: GlobalSGDSettings, seq_len: int, ranks: Ranks,
-               autocast: bool = False, name: str = "phased_ttt", forward=None) -> int:
+def global_sgd(model: GPT, sc: Scorer, spans: np.ndarray, g: GlobalSGDSettings, name: str = "phased_ttt",
+               forward=None) -> int:
     """SGD with momentum (a fresh optimizer) on every base parameter over the concatenation of `spans`
-    (already scored documents): one step per chunk of `chunk_tokens` targets, the last chunk skipped (as
-    the records), lr on a cosine from `lr` at the first chunk toward 0, `epochs` passes; the loss is the
-    mean token NLL over the chunk; its sequences are split contiguously over the ranks, their gradients
-    summed in rank order (virtual ranks) and over processes (all-reduce), clipped to `grad_clip`. Train
-    mode (no fake quantization: the switch is off for these variants). `forward` (default the model) runs
-    the forward; its batch size is the number of a chunk's sequences on a rank, which varies, so a compiled
-    one should be dynamic in it. Returns the steps taken."""
-    fwd = model if forward is None else forward
-    chunks = _sgd_sequences(spans, g.chunk_tokens, seq_len)[:-1]
+    (already scored documents of `sc.tokens`): one step per chunk of `chunk_tokens` targets, the last chunk
+    skipped (as the records), lr on a cosine from `lr` at the first chunk toward 0, `epochs` passes; the loss
+    is the mean token NLL over the chunk; its `sc.plan.seq_len` sequences are split contiguously over
+    `sc.ranks`, their gradients summed in rank order (virtual ranks) and over processes (all-reduce), clipped
+    to `grad_clip`. Train mode (no fake quantization: the switch is off for these variants). `forward`
+    (default the model) runs the forward; its batch size is the number of a chunk's sequences on a rank,
+    which varies, so a compiled one should be dynamic in it. Returns the steps taken."""
+    chunks = _sgd_sequences(spans, g.chunk_tokens, sc.plan.seq_len)[:-1]
     if not chunks:
         return 0
     params = list(model.parameters())
     opt = torch.optim.SGD(params, lr=g.lr, momentum=g.momentum)
-    device = params[0].device
-    was = model.training
-    model.train()
     steps = 0
-    for _ in range(g.epochs):
-        for c, w in enumerate(chunks):
-            for group in opt.param_groups:
-                group["lr"] = g.lr * 0.5 * (1 + math.cos(math.pi * c / len(chunks)))
-            total = float(w.lengths.sum())
-            acc = [torch.zeros_like(p) for p in params]
-            for v in ranks.mine():
-                part = w.for_rank(v, ranks.total)
-                if not len(part):
-                    continue
-                x, y, mask = _fixed_batch(tokens, part, device)
-                with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-                    nll = fwd(x, y, reduction="none")
-                loss = (nll * mask).sum() / total
-                if not torch.isfinite(loss):
-                    from .adapt import DivergedError
-                    raise DivergedError(f"{name}: global SGD diverged at chunk {c}: lower eval.global_lr")
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
-                for a, gr in zip(acc, grads):
-                    if gr is not None:
-                        a.add_(gr)
-            for p, a in zip(params, acc):
-                p.grad = dist_utils.all_reduce_(a)
-            if g.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, g.grad_clip)
-            opt.step()
-            steps += 1
+    with model_mode(model, training=True):
+        for _ in range(g.epochs):
+            for c, w in enumerate(chunks):
+                for group in opt.param_groups:
+                    group["lr"] = g.lr * 0.5 * (1 + math.cos(math.pi * c / len(chunks)))
+                grads = _chunk_gradients(model if forward is None else forward, params, sc, w, (name, c))
+                for p, a in zip(params, grads):
+                    p.grad = dist_utils.all_reduce_(a)
+                if g.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, g.grad_clip)
+                opt.step()
+                steps += 1
     for p in params:
         p.grad = None
-    model.train(was)
     return steps
 
 
-def doc_lora_ttt(model: GPT, tokens, lut, s: DocLoRASettings, seq_len: int, ranks: Ranks = SINGLE, *,
-                 phases: GlobalSGDSettings | None = None, order: str = "stream", autocast: bool = False,
-                 name: str = "doc_lora_ttt", log: dict | None = None, forward=None, sgd_forward=None) -> EvalResult:
-    """Per-document LoRA TTT over every document, batches in `order`; with `phases`, phased global SGD.
+def _chunk_gradients(fwd, params: list, sc: Scorer, w: Windows, where: tuple[str, int]) -> list[torch.Tensor]:
+    """This process's gradient of one global-SGD chunk: the sum over its (virtual) ranks' slices of `w` of
+    the gradient of their NLL sum divided by the chunk's token count; `where` = (variant, chunk) for errors."""
+    total = float(w.lengths.sum())
+    acc = [torch.zeros_like(p) for p in params]
+    for v in sc.ranks.mine():
+        part = w.for_rank(v, sc.ranks.total)
+        if not len(part):
+            continue
+        x, y, mask = sc.batch(part, params[0].device)
+        with bf16_autocast(x, sc.autocast):
+            nll = fwd(x, y, reduction="none")
+        loss = (nll * mask).sum() / total
+        if not torch.isfinite(loss):
+            raise DivergedError(f"{where[0]}: global SGD diverged at chunk {where[1]}: lower eval.global_lr")
+        for a, gr in zip(acc, torch.autograd.grad(loss, params, allow_unused=True)):
+            if gr is not None:
+                a.add_(gr)
+    return acc
+
+
+def doc_lora_ttt(model: GPT, sc: Scorer, ttt: DocTTT, *, name: str = "doc_lora_ttt", forward=None,
+                 sgd_forward=None) -> EvalResult:
+    """Per-document LoRA TTT over every document of `sc.tokens`, batches in `ttt.order`; with `ttt.phases`,
+    phased global SGD. The result's `notes` hold the documents, steps and weight change of each phase.
 
     Batches are dealt to ranks in rounds: in round k, (virtual) rank v takes batch k·W + v of the
     processing order (the records let ranks claim batches from a shared counter, so which rank scores
@@ -354,48 +317,57 @@ def doc_lora_ttt(model: GPT, tokens, lut, s: DocLoRASettings, seq_len: int, rank
     batch's index in ascending-length order (stream order for `stream`), cut to the first b_i, train the
     base weights (`global_sgd`, cumulative over phases); every later batch is scored on that base, with
     fresh adapters. Every base step uses documents already scored; every adapter step a chunk already
-    scored. `log` (a dict) receives the documents and steps of each phase. `forward`: the forward of the
-    adapter batches (`lora_batch`), `sgd_forward`: of the global SGD (`global_sgd`); default the model.
+    scored. `forward`: the forward of the adapter batches (`lora_batch`), `sgd_forward`: of the global SGD
+    (`global_sgd`); default the model.
     """
     t0 = time.perf_counter()
-    spans = documents(tokens)
-    batches = batches_in_order(spans, s.doc_batch, order)
+    spans = documents(sc.tokens)
+    batches = batches_in_order(spans, ttt.lora.doc_batch, ttt.order)
     # the records sort the scored documents by their batch's index in ascending-length order
-    rank_of_batch = list(range(len(batches)))[::-1] if order == "field" else list(range(len(batches)))
-    W = ranks.total
-    mine = set(ranks.mine())
-    bounds = ([phases.prefix_docs * (i + 1) // phases.num_phases for i in range(phases.num_phases)]
-              if phases else [])
+    rank_of_batch = list(range(len(batches)))[::-1] if ttt.order == "field" else list(range(len(batches)))
+    g = ttt.phases
+    bounds = [g.prefix_docs * (i + 1) // g.num_phases for i in range(g.num_phases)] if g else []
+    parts, scored, log = [], [], []
+    with _frozen(model):
+        for k in range(0, len(batches), sc.ranks.total):
+            for v, b in enumerate(range(k, min(k + sc.ranks.total, len(batches)))):
+                if v in sc.ranks.mine():
+                    docs = [tuple(int(t) for t in spans[d]) for d in batches[b]]
+                    parts.append(lora_batch(model, sc, docs, ttt.lora, v, forward))
+                scored += [(rank_of_batch[b], j, d) for j, d in enumerate(batches[b])]
+            while len(log) < len(bounds) and len(scored) >= bounds[len(log)]:
+                chosen = [d for _, _, d in sorted(scored)][: bounds[len(log)]]
+                before = [p.detach().clone() for p in model.parameters()]
+                with _trainable(model):
+                    steps = global_sgd(model, sc, spans[chosen], g, name, sgd_forward)
+                change = math.sqrt(sum(float((p.detach().float() - b.float()).square().sum())
+                                       for p, b in zip(model.parameters(), before)))
+                log.append({"documents": len(chosen), "steps": steps, "weight_change": change})
+    res = reduce_result(name, parts, time.perf_counter() - t0)
+    res.notes = {"phases": log} if log else {}
+    return res
+
+
+@contextlib.contextmanager
+def _frozen(model: GPT):
+    """Base weights frozen and the model in eval mode inside the block; trainable again after it."""
     for p in model.parameters():
         p.requires_grad_(False)
-    model.eval()
-    parts, scored, phase = [], [], 0
     try:
-        for k in range(0, len(batches), W):
-            for v in range(W):
-                if k + v >= len(batches):
-                    break
-                if v in mine:
-                    docs = [tuple(int(t) for t in spans[d]) for d in batches[k + v]]
-                    parts.append(lora_batch(model, tokens, lut, docs, s, seq_len, v, autocast, forward))
-                scored += [(rank_of_batch[k + v], j, d) for j, d in enumerate(batches[k + v])]
-            while phase < len(bounds) and len(scored) >= bounds[phase]:
-                chosen = [d for _, _, d in sorted(scored)][: bounds[phase]]
-                before = [p.detach().clone() for p in model.parameters()] if log is not None else []
-                for p in model.parameters():
-                    p.requires_grad_(True)
-                steps = global_sgd(model, tokens, spans[chosen], phases, seq_len, ranks, autocast, name,
-                                   sgd_forward)
-                for p in model.parameters():
-                    p.requires_grad_(False)
-                model.eval()
-                if log is not None:
-                    change = math.sqrt(sum(float((p.detach().float() - b.float()).square().sum())
-                                           for p, b in zip(model.parameters(), before)))
-                    log.setdefault("phases", []).append({"documents": len(chosen), "steps": steps,
-                                                         "weight_change": change})
-                phase += 1
+        with model_mode(model, training=False):
+            yield
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
-    return reduce_result(name, parts, time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def _trainable(model: GPT):
+    """Base weights trainable inside the block (the global SGD), frozen again after it."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(False)

@@ -13,6 +13,7 @@ tokens[start : start+wlen] and scores targets start+s .. start+wlen-1 (s = its f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class EvalResult:
     bytes: float
     seconds: float
     stream: dict = field(default_factory=dict)  # STREAM_FIELDS -> np.ndarray, one row per scored window
+    notes: dict = field(default_factory=dict)  # what the pass reports beside its sums (e.g. doc_lora_ttt's phases)
 
     @property
     def loss(self) -> float:
@@ -140,7 +142,8 @@ def score_batch(model, x, y, mask, lut: ByteLUT, autocast: bool = False) -> tupl
     return nats, nbytes
 
 
-def _stream_rows(w: Windows, nats, nbytes, rank: int) -> dict:
+def stream_rows(w: Windows, nats, nbytes, rank: int) -> dict:
+    """The stream rows of windows `w` (STREAM_FIELDS) from their scored nats and bytes (numpy)."""
     return {"window_start": w.starts.copy(), "first_scored": w.starts + w.score_from,
             "num_scored": w.lengths - w.score_from, "nats": nats, "bytes": nbytes,
             "rank": np.full(len(w), rank, dtype=np.int64)}
@@ -173,22 +176,56 @@ def compiled(model, enabled):
     return torch.compile(model, dynamic=False) if enabled else model
 
 
-def score_windows(model, tokens: torch.Tensor, lut: ByteLUT, windows: Windows, batch_seqs: int,
-                  rank: int = 0, after_batch=None, autocast: bool = False, forward=None) -> dict:
-    """Score `windows` in batches without gradients; return their stream rows.
+@dataclass(frozen=True)
+class Scorer:
+    """What is scored, how, and on which ranks: the one argument every scoring and adaptation pass shares.
+
+    `tokens`: the stream of N+1 ids (N targets) on the scoring device; `lut`: its byte accounting;
+    `plan`: the windows' length, stride and windows per forward batch; `ranks`: the real processes and
+    the virtual ranks that split it; `autocast`: bf16 autocast on every forward (the GPU dtype policy).
+    The model and its (possibly compiled) forward are not part of it: adaptation passes score with
+    copies of the weights that change as they go.
+    """
+
+    tokens: torch.Tensor
+    lut: ByteLUT
+    plan: Scoring
+    ranks: Ranks = SINGLE
+    autocast: bool = False
+
+    @property
+    def num_targets(self) -> int:
+        return self.tokens.numel() - 1
+
+    def sliding(self) -> Windows:
+        return sliding_windows(self.num_targets, self.plan.seq_len, self.plan.stride)
+
+    def nonoverlap(self) -> Windows:
+        return nonoverlap_windows(self.num_targets, self.plan.seq_len)
+
+    def batch(self, w: Windows, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x, y and the scored mask of windows `w` (`window_batch`) on `device`."""
+        return window_batch(self.tokens, w, device)
+
+    def score(self, forward, x, y, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-window scored nats and bytes of one batch (`score_batch`)."""
+        return score_batch(forward, x, y, mask, self.lut, self.autocast)
+
+
+def score_windows(sc: Scorer, model, windows: Windows, rank: int = 0, after_batch=None, forward=None) -> dict:
+    """Score `windows` of `sc` in batches of `sc.plan.batch_seqs` without gradients; return their stream rows.
 
     `after_batch(b, x, y)` runs after batch b is scored (the hook the dynamic evals adapt in), so an
     update can only ever use targets that are already scored. `forward` replaces `model` for the
-    scoring forward (e.g. a compiled copy sharing its parameters).
+    scoring forward (e.g. a compiled copy sharing its parameters); `rank` labels the rows.
     """
     device = next(model.parameters()).device
     scorer = model if forward is None else forward
     nats, nbytes = [], []
-    for b, lo in enumerate(range(0, len(windows), batch_seqs)):
-        w = windows.slice(lo, lo + batch_seqs)
-        x, y, mask = window_batch(tokens, w, device)
+    for b, lo in enumerate(range(0, len(windows), sc.plan.batch_seqs)):
+        x, y, mask = sc.batch(windows.slice(lo, lo + sc.plan.batch_seqs), device)
         with torch.no_grad():
-            bn, bb = score_batch(scorer, x, y, mask, lut, autocast)
+            bn, bb = sc.score(scorer, x, y, mask)
         nats.append(bn)
         nbytes.append(bb)
         if after_batch is not None:
@@ -196,7 +233,7 @@ def score_windows(model, tokens: torch.Tensor, lut: ByteLUT, windows: Windows, b
     if not nats:
         return {}
     # one transfer at the end: no device sync per batch on the hot path
-    return _stream_rows(windows, torch.cat(nats).cpu().numpy(), torch.cat(nbytes).cpu().numpy(), rank)
+    return stream_rows(windows, torch.cat(nats).cpu().numpy(), torch.cat(nbytes).cpu().numpy(), rank)
 
 
 @contextlib.contextmanager
@@ -211,35 +248,54 @@ def model_mode(model, training: bool):
         model.train(was)
 
 
-def evaluate_windows(name: str, model, tokens, lut, windows: Windows, batch_seqs: int, ranks: Ranks = SINGLE,
-                     autocast: bool = False, forward=None) -> EvalResult:
-    """Score `windows` in eval mode without adaptation, split across the real ranks, and reduce the sums."""
+def score_copies(sc: Scorer, copies, windows: Windows, prepare) -> list[dict]:
+    """The per-rank scoring loop of every pass: each (rank id, model) of `copies` scores its contiguous
+    slice of `windows` (`Windows.for_rank` over `sc.ranks.total`); returns the stream rows, copy by copy.
+
+    `prepare(model, slice)` is a context manager that readies one copy (its mode, its optimizer) and
+    yields `(forward, after_batch)` for `score_windows`; what it sets up it undoes on the way out.
+    """
+    parts = []
+    for v, m in copies:
+        mine = windows.for_rank(v, sc.ranks.total)
+        with prepare(m, mine) as (forward, after_batch):
+            parts.append(score_windows(sc, m, mine, v, after_batch, forward))
+    return parts
+
+
+def score_per_rank(name: str, sc: Scorer, copies, windows: Windows, prepare) -> EvalResult:
+    """`score_copies`, reduced over ranks into the result `name`."""
     t0 = time.perf_counter()
+    parts = score_copies(sc, copies, windows, prepare)
+    return reduce_result(name, parts, time.perf_counter() - t0)
+
+
+def evaluate_windows(name: str, model, sc: Scorer, windows: Windows, forward=None) -> EvalResult:
+    """Score `windows` in eval mode without adaptation, split across the real ranks, and reduce the sums."""
+    @contextlib.contextmanager
+    def eval_mode(m, _):
+        with model_mode(m, training=False):
+            yield forward, None
+
     # No rank-local state here, so virtual ranks would only change the batch composition: real ranks only.
-    with model_mode(model, training=False):
-        rows = score_windows(model, tokens, lut, windows.for_rank(ranks.rank, ranks.world), batch_seqs, ranks.rank,
-                             autocast=autocast, forward=forward)
-    return reduce_result(name, [rows], time.perf_counter() - t0)
+    real = dataclasses.replace(sc, ranks=sc.ranks.real())
+    return score_per_rank(name, real, [(real.ranks.rank, model)], windows, eval_mode)
 
 
-def evaluate_nonoverlap(model, tokens, lut, seq_len: int, batch_seqs: int, ranks: Ranks = SINGLE,
-                        autocast: bool = False, forward=None) -> EvalResult:
+def evaluate_nonoverlap(model, sc: Scorer, forward=None) -> EvalResult:
     """Non-overlapping eval (the run's `eval_val`): sequence k scores targets [kL, (k+1)L) with only its
-    own L tokens of context, so early targets of each sequence see little context.
+    own L tokens of context, so early targets of each sequence see little context (`sc.plan.stride` unused).
 
     Rank r takes sequences [n*r/W, n*(r+1)/W). Model in eval mode; no adaptation.
     """
-    w = nonoverlap_windows(tokens.numel() - 1, seq_len)
-    return evaluate_windows("nonoverlap", model, tokens, lut, w, batch_seqs, ranks, autocast, forward)
+    return evaluate_windows("nonoverlap", model, sc, sc.nonoverlap(), forward)
 
 
-def evaluate_sliding(model, tokens, lut, scoring: Scoring, ranks: Ranks = SINGLE, autocast: bool = False,
-                     forward=None) -> EvalResult:
+def evaluate_sliding(model, sc: Scorer, forward=None) -> EvalResult:
     """Sliding-window eval (the run's `eval_val_sliding`): each target after the first window sees
     L-S..L-1 tokens of context -- worth about -0.024 bpb over non-overlapping on the record model.
 
     Windows start every `stride` tokens; the first scores all its targets, later ones their last
     `stride`. Rank r takes a contiguous slice of windows. Eval mode; no adaptation.
     """
-    w = sliding_windows(tokens.numel() - 1, scoring.seq_len, scoring.stride)
-    return evaluate_windows("sliding", model, tokens, lut, w, scoring.batch_seqs, ranks, autocast, forward)
+    return evaluate_windows("sliding", model, sc, sc.sliding(), forward)

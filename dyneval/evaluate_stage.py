@@ -23,26 +23,12 @@ from . import adapt, cpu, data, distributed as dist_utils, files, graphs, quant,
 from .adapt import Quirks
 from .config import RunConfig
 from .evaluate import require_finite
-from .model import configure_backends
 from .report import read_results, write_run_tables
 from .runfolder import RESULTS
 from .train import Interrupts
+from .variants import EvalOptions
 
 RESULT_FILES = (RESULTS, "ablation.md", "ablation.csv", "doc_starts.npy")
-
-
-@dataclass(frozen=True, kw_only=True)
-class EvalOptions:
-    """How one evaluate call runs, beside the config: the command line's switches."""
-
-    quirks: Quirks = Quirks()  # the run's quirks for its own passes (all faithful unless switched off)
-    virtual_ranks: int | None = None  # ranks the rank-local variants simulate (default: the profile's eval.ranks)
-    device: str | None = None
-    fresh: bool = False  # start the folder's results over
-    # whether training set late QAT's flag (a run folder's meta.json says; an artifact alone is assumed to come
-    # from a run that did, as every published one did). Never set: the run's own passes had no fake
-    # quantization to suffer, so the `qat_on` quirk is off.
-    qat_flag_set: bool = True
 
 
 def evaluate_artifact(cfg: RunConfig, artifact: Path, out: Path, variants: list[str],
@@ -76,10 +62,7 @@ class _Run:
     artifact: Path
     out: Path
     ctx: dist_utils.Context
-    backends: dict
-    weights: registry.DequantizedArtifact
-    tokens: torch.Tensor
-    lut: data.ByteLUT
+    inputs: registry.EvalInputs
     quirks: Quirks
     ranks: dist_utils.Ranks
     results: dict
@@ -94,13 +77,13 @@ class _Run:
 
 def _open(cfg: RunConfig, artifact: Path, out: Path, options: EvalOptions, log) -> _Run:
     """Set up the call: process group, backends, inputs, earlier results; doc_starts.npy written."""
-    quirks = options.quirks if options.qat_flag_set else dataclasses.replace(options.quirks, qat_on=False)
+    quirks = options.quirks_in_force
     ctx = dist_utils.init_context(options.device)
-    backends = configure_backends(cfg, ctx.device)
-    lut, tokens, weights = registry.evaluation_inputs(cfg, artifact, ctx.device)
+    inputs = registry.evaluation_inputs(cfg, artifact, ctx.device)
+    tokens = inputs.tokens
     ranks = registry.default_ranks(cfg, options.virtual_ranks)
     registry.check_virtual_ranks(ranks, tokens, cfg)
-    results = load_results(out / RESULTS, weights.sha256, cfg, options.fresh)
+    results = load_results(out / RESULTS, inputs.weights.sha256, cfg, options.fresh)
     if ctx.is_main:
         files.output_folder(out)
         if options.fresh:
@@ -111,15 +94,13 @@ def _open(cfg: RunConfig, artifact: Path, out: Path, options: EvalOptions, log) 
             np.save(f, np.unique(np.concatenate([[0], bos])).astype(np.int64))
     size = quant.size_report(artifact)  # the bytes of the artifact scored (the report's column)
     artifact_size = {"artifact_bytes": size["model_bytes"], "total_bytes": size["total_bytes"]}
-    return _Run(cfg, Path(artifact), out, ctx, backends, weights, tokens, lut, quirks, ranks, results,
-                artifact_size, log)
+    return _Run(cfg, Path(artifact), out, ctx, inputs, quirks, ranks, results, artifact_size, log)
 
 
 def _score(run: _Run, name: str) -> None:
     """One variant: run it, record its result and settings, write results.json, its stream and the tables."""
     v, ctx = registry.VARIANTS[name], run.ctx
-    job = registry.job_for(v, run.cfg, run.weights, run.tokens, run.lut, run.quirks, run.ranks, run.backends,
-                           run.cache)
+    job = registry.job_for(v, run.cfg, run.inputs, run.quirks, run.ranks, run.cache)
     if (job.compile or job.compile_dynamic) and not graphs.isolates_recompiles():
         torch._dynamo.reset()  # torch < 2.13: one cache per code object, so each variant starts it empty
     try:
@@ -136,9 +117,9 @@ def _score(run: _Run, name: str) -> None:
                 "scoring": asdict(run.cfg.eval.scoring), "dtypes": registry.table_dtypes(job)}
     run.results[name] = {**res.summary(), "legal": v.legal, "legal_reason": v.reason, "description": v.description,
                          "faithful": v.faithful, "rank_local": v.rank_local, "settings": settings,
-                         "backends": run.backends, "cpu_threads": torch.get_num_threads(),
+                         "backends": run.inputs.backends, "cpu_threads": torch.get_num_threads(),
                          "openmp": dict(cpu.decision) or None, "artifact": str(run.artifact),
-                         "artifact_sha256": run.weights.sha256, "bits": run.weights.bits, **run.artifact_size,
+                         "artifact_sha256": run.inputs.weights.sha256, "bits": run.inputs.weights.bits, **run.artifact_size,
                          "eval_config": asdict(run.cfg.eval), "model_config": asdict(run.cfg.model),
                          "world_size": ctx.world_size, "device": str(ctx.device), **registry.compile_record(job, res)}
     if ctx.is_main:

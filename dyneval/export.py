@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from . import data, distributed as dist_utils, files, quant
-from .config import switch_on
+from .config import Scoring, switch_on
 from .distributed import Ranks
-from .evaluate import evaluate_nonoverlap, require_finite
+from .evaluate import Scorer, evaluate_nonoverlap, require_finite
 from .model import GPT, configure_backends, model_from_weights
 from .runfolder import RunFolder
 
@@ -50,8 +50,9 @@ def export(run_dir: str | Path, cfg, settings: quant.QuantSettings = quant.Quant
     model = model_from_weights(cfg.model, quant.load_artifact(artifact, template), ctx.device, policy,
                                source=str(artifact))
     val = data.validation_inputs(cfg.train, cfg.model.vocab_size, ctx.device, ctx.world_size)
-    rt = evaluate_nonoverlap(model, val.tokens, val.lut, cfg.train.train_seq_len, val.batch_seqs, Ranks.current(),
-                             autocast=policy)
+    L = cfg.train.train_seq_len
+    rt = evaluate_nonoverlap(model, Scorer(val.tokens, val.lut, Scoring(seq_len=L, stride=L, batch_seqs=val.batch_seqs),
+                                           Ranks.current(), policy))
     require_finite(str(artifact), rt)  # no NaN score with exit status 0
     size = quant.size_report(artifact)
     out = {"settings": asdict(settings), "bits": settings.bits, "artifact": artifact.name,

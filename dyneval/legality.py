@@ -27,7 +27,6 @@ scores and the comparison proves nothing) and that some window lies wholly befor
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import math
 import sys
@@ -39,11 +38,9 @@ import numpy as np
 import torch
 
 from . import data, distributed as dist_utils, files
-from .adapt import Quirks
 from .config import EvalConfig, RunConfig
 from .evaluate import EvalResult
-from .model import configure_backends
-from .variants import DEFAULT_ORDER, VARIANTS, Variant, default_ranks, evaluation_inputs, job_for
+from .variants import DEFAULT_ORDER, VARIANTS, EvalOptions, Variant, default_ranks, evaluation_inputs, job_for
 
 FIRST_ORDINARY_ID = 4  # the tokenizers' control pieces: pad 0 / bos 1 / eos 2 / unk 3 (data.BOS_ID)
 REPLACEMENT_SEED = 0
@@ -269,26 +266,24 @@ def select_variants(text: str | None, plugins: list[Variant]) -> list[Variant]:
 # On an artifact
 
 def check_checkpoint(cfg: RunConfig, artifact: Path, variants: list[Variant], prefixes: list[int] | None = None,
-                     quirks: Quirks | None = None, virtual_ranks: int | None = None, device: str | None = None,
-                     qat_flag_set: bool = True, out_json: str | Path | None = None, log=print) -> dict:
+                     options: EvalOptions = EvalOptions(), out_json: str | Path | None = None, log=print) -> dict:
     """Run the prefix check for `variants` (Variant records) on an artifact, under the settings the
-    evaluate stage would use (the run's quirks for its own variants, the profile's ranks). Returns the
-    report: the prefixes, the replacement, and one verdict per variant; `out_json` gets it rewritten
-    atomically after every variant (nothing checked is lost when a later variant fails)."""
-    quirks = quirks or Quirks()
-    if not qat_flag_set:
-        quirks = dataclasses.replace(quirks, qat_on=False)
-    ctx = dist_utils.init_context(device)
-    backends = configure_backends(cfg, ctx.device)
-    lut, tokens, ck = evaluation_inputs(cfg, artifact, ctx.device)
-    ranks = default_ranks(cfg, virtual_ranks)
+    evaluate stage would use (`options`: the run's quirks for its own variants, the profile's ranks unless
+    `virtual_ranks`, the device; `fresh` unused). Returns the report: the prefixes, the replacement, and one
+    verdict per variant; `out_json` gets it rewritten atomically after every variant (nothing checked is
+    lost when a later variant fails)."""
+    quirks = options.quirks_in_force
+    ctx = dist_utils.init_context(options.device)
+    inputs = evaluation_inputs(cfg, artifact, ctx.device)
+    tokens = inputs.tokens
+    ranks = default_ranks(cfg, options.virtual_ranks)
     num_targets = tokens.numel() - 1
     prefixes = check_prefixes(prefixes, num_targets, cfg.eval) if prefixes else default_prefixes(num_targets, cfg.eval)
     if ctx.is_main:
         log(f"legality: {len(variants)} variant(s) on {artifact} ({num_targets} targets), prefixes "
             f"{', '.join(map(str, prefixes))}; tokens after P replaced by random ordinary pieces "
             f"(ids {FIRST_ORDINARY_ID}..{cfg.model.vocab_size - 1}, never BOS; BOS positions not kept)")
-    report = {"artifact": str(artifact), "artifact_sha256": ck.sha256, "num_targets": num_targets,
+    report = {"artifact": str(artifact), "artifact_sha256": inputs.weights.sha256, "num_targets": num_targets,
               "prefixes": prefixes, "periods": periods(cfg.eval),
               "replacement": {"ids": [FIRST_ORDINARY_ID, cfg.model.vocab_size - 1], "seed": REPLACEMENT_SEED,
                               "bos_positions_kept": False},
@@ -296,7 +291,7 @@ def check_checkpoint(cfg: RunConfig, artifact: Path, variants: list[Variant], pr
     caches: dict = {}  # one cache per stream, shared by the variants (the pre-eval TTT is trained once per stream)
     for v in variants:
         def run(toks, cache, v=v):
-            return v.run(job_for(v, cfg, ck, toks, lut, quirks, ranks, backends, cache))[0]
+            return v.run(job_for(v, cfg, inputs.on(toks), quirks, ranks, cache))[0]
 
         verdict = check_variant(v.name, v.legal, v.reason, run, tokens, prefixes, cfg.model.vocab_size, caches)
         verdict.prefix_rule = getattr(v, "rule", "both") == "both"

@@ -75,16 +75,17 @@ def compute(directory: str | Path, keys=ALL_KEYS, sample_index: dict | None = No
     val_bseq = max(1, int(s.get("val_batch_size_tokens", L * bseq)) // L)
     lr, every, t = float(s["dyneval_lr"]), int(s["adapt_every"]), s["ttt"]
     pair = lambda r: [r.loss, r.bpb]  # noqa: E731
-    scoring = Scoring(seq_len=L, stride=stride, batch_seqs=bseq)
     dyn = DynamicSettings(lr=lr, adapt_every=every)
     ttt_settings = TTTSettings(lr=float(t["lr"]), momentum=float(t["momentum"]), epochs=int(t["epochs"]),
                                batch_seqs=int(t["batch_seqs"]), freeze_blocks=int(t["freeze_blocks"]), grad_clip=1.0)
-    nonoverlap = lambda m: pair(evaluate.evaluate_nonoverlap(m, fx.val, fx.lut, L, val_bseq))  # noqa: E731
-    sliding = lambda m: pair(evaluate.evaluate_sliding(m, fx.val, fx.lut, scoring))  # noqa: E731
-    dynamic = lambda m: pair(adapt.adapt_dynamic(m, fx.val, fx.lut, scoring, dyn))  # noqa: E731
+    windows = evaluate.Scorer(fx.val, fx.lut, Scoring(seq_len=L, stride=stride, batch_seqs=bseq))
+    sequences = evaluate.Scorer(fx.val, fx.lut, Scoring(seq_len=L, stride=L, batch_seqs=val_bseq))
+    nonoverlap = lambda m: pair(evaluate.evaluate_nonoverlap(m, sequences))  # noqa: E731
+    sliding = lambda m: pair(evaluate.evaluate_sliding(m, windows))  # noqa: E731
+    dynamic = lambda m: pair(adapt.adapt_dynamic(m, windows, dyn))  # noqa: E731
 
     def ttt(m):
-        adapt.pre_eval_ttt(m, fx.val, L, ttt_settings)
+        adapt.pre_eval_ttt(m, windows, ttt_settings)
         return m
 
     def qat_on(m):  # the run's late-QAT flag, still on after training

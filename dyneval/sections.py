@@ -148,54 +148,6 @@ class TrainConfig:
         return self.train_batch_tokens // (world_size * self.grad_accum_steps(world_size))
 
 
-# ----------------------------------------------------------------------------------------------
-# Typed settings per algorithm. `EvalConfig` stays one flat section (its field names are the run's and
-# the command line's); each scoring or adaptation function takes only the group it uses.
-
-@dataclass(frozen=True, kw_only=True)
-class Scoring:
-    seq_len: int  # window length L
-    stride: int  # sliding-window stride S: scored targets per window after the first
-    batch_seqs: int  # windows per forward batch (changes only float summation order)
-
-
-@dataclass(frozen=True, kw_only=True)
-class TTTSettings:
-    lr: float  # SGD lr
-    momentum: float  # SGD momentum (no Nesterov, no dampening, no weight decay)
-    epochs: int  # passes over the tokens
-    batch_seqs: int  # sequences per step, per rank
-    freeze_blocks: int  # first blocks frozen (the run's pre-eval TTT only)
-    grad_clip: float  # gradient-norm clip (0: none)
-
-
-@dataclass(frozen=True, kw_only=True)
-class DynamicSettings:
-    lr: float  # plain SGD lr of the run's dynamic eval
-    adapt_every: int  # one step every N-th batch, on that batch's first window
-
-
-@dataclass(frozen=True, kw_only=True)
-class ScoreFirstSettings:
-    chunk_tokens: int  # targets per chunk: score the chunk, then train on it
-    ttt: TTTSettings  # the training on each scored chunk (freeze_blocks unused)
-
-
-@dataclass(frozen=True, kw_only=True)
-class TailSettings:
-    lr: float  # SGD lr of the step after every batch
-    subset: str  # parameters adapted (adapt.PARAM_SUBSETS)
-    lora_rank: int  # adapter rank when subset is lora
-
-
-@dataclass(frozen=True, kw_only=True)
-class KrauseSettings:
-    lr: float  # lr on the RMS-normalised gradient
-    decay: float  # decay toward the trained weights per step
-    batches: int  # training batches for the gradient RMS statistics
-    subset: str  # parameters adapted
-
-
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     eval_seq_len: int = 2048  # scoring window length
@@ -265,32 +217,66 @@ class EvalConfig:
         _check_backend(self, "compile_backend")
 
 
-    @property
-    def scoring(self) -> Scoring:
-        return Scoring(seq_len=self.eval_seq_len, stride=self.eval_stride, batch_seqs=self.eval_batch_seqs)
+    def view(self, cls: type, **extra):
+        """The settings view `cls` (below) of these knobs; `extra`: its fields that are not knobs."""
+        return cls(**{short: getattr(self, knob) for short, knob in cls.KNOBS.items()}, **extra)
 
-    @property
-    def ttt(self) -> TTTSettings:
-        return TTTSettings(lr=self.ttt_lr, momentum=self.ttt_momentum, epochs=self.ttt_epochs,
-                           batch_seqs=self.ttt_batch_seqs, freeze_blocks=self.ttt_freeze_blocks,
-                           grad_clip=self.ttt_grad_clip)
+    scoring = property(lambda self: self.view(Scoring))
+    ttt = property(lambda self: self.view(TTTSettings))
+    dynamic = property(lambda self: self.view(DynamicSettings))
+    score_first = property(lambda self: self.view(ScoreFirstSettings, ttt=self.ttt))
+    tail = property(lambda self: self.view(TailSettings))
+    krause = property(lambda self: self.view(KrauseSettings))
+    doc_lora = property(lambda self: self.view(DocLoRASettings))
+    global_sgd = property(lambda self: self.view(GlobalSGDSettings))
 
-    @property
-    def dynamic(self) -> DynamicSettings:
-        return DynamicSettings(lr=self.dyneval_lr, adapt_every=self.adapt_every)
 
-    @property
-    def score_first(self) -> ScoreFirstSettings:
-        return ScoreFirstSettings(chunk_tokens=self.ttt_chunk_tokens, ttt=self.ttt)
+# ----------------------------------------------------------------------------------------------
+# Typed settings per algorithm. `EvalConfig` stays one flat section (its field names are the run's and
+# the command line's); each scoring or adaptation function takes only the group it uses, as a view whose
+# fields are `EvalConfig` knobs under the algorithm's short names. A knob is defined once, in `EvalConfig`
+# (type, default, comment, validation); a view only renames it. Tests and benchmarks build views directly.
 
-    @property
-    def tail(self) -> TailSettings:
-        return TailSettings(lr=self.tail_lr, subset=self.tail_subset, lora_rank=self.lora_rank)
+def settings_view(name: str, purpose: str, knobs: dict[str, str], **extra: tuple) -> type:
+    """A frozen, keyword-only dataclass `name` whose field `short` is the `EvalConfig` knob `knobs[short]`, of
+    that knob's type; `extra` maps a field that is no knob to (type,) or (type, default)."""
+    types = {f.name: f.type for f in dataclasses.fields(EvalConfig)}
+    spec = [(short, types[knob]) for short, knob in knobs.items()]
+    spec += [(n, t[0]) if len(t) == 1 else (n, t[0], field(default=t[1])) for n, t in extra.items()]
+    cls = dataclasses.make_dataclass(name, spec, frozen=True, kw_only=True)
+    cls.__module__ = __name__
+    cls.__doc__ = f"{purpose}\n\nKnobs: " + ", ".join(f"{s} = eval.{k}" for s, k in knobs.items())
+    cls.KNOBS = knobs
+    return cls
 
-    @property
-    def krause(self) -> KrauseSettings:
-        return KrauseSettings(lr=self.krause_lr, decay=self.krause_decay, batches=self.krause_batches,
-                              subset=self.tail_subset)
+
+Scoring = settings_view("Scoring", "The windows: length L, stride S, windows per forward batch.",
+                        {"seq_len": "eval_seq_len", "stride": "eval_stride", "batch_seqs": "eval_batch_seqs"})
+TTTSettings = settings_view(
+    "TTTSettings", "SGD with momentum over sequences, gradients averaged over ranks (the run's TTT).",
+    {"lr": "ttt_lr", "momentum": "ttt_momentum", "epochs": "ttt_epochs", "batch_seqs": "ttt_batch_seqs",
+     "freeze_blocks": "ttt_freeze_blocks", "grad_clip": "ttt_grad_clip"})
+DynamicSettings = settings_view("DynamicSettings", "The run's dynamic eval.",
+                                {"lr": "dyneval_lr", "adapt_every": "adapt_every"})
+ScoreFirstSettings = settings_view("ScoreFirstSettings", "Score-first TTT: chunks, and the TTT on each scored chunk "
+                                   "(its freeze_blocks unused).", {"chunk_tokens": "ttt_chunk_tokens"},
+                                   ttt=("TTTSettings",))
+TailSettings = settings_view("TailSettings", "dynamic_tail: plain SGD after every batch.",
+                             {"lr": "tail_lr", "subset": "tail_subset", "lora_rank": "lora_rank"})
+KrauseSettings = settings_view("KrauseSettings", "dynamic_krause: Krause's RMS-normalised update with decay.",
+                               {"lr": "krause_lr", "decay": "krause_decay", "batches": "krause_batches",
+                                "subset": "tail_subset"})
+DocLoRASettings = settings_view(
+    "DocLoRASettings", "The field's per-document LoRA TTT (doc_ttt.py); `seed` seeds each document's adapters.",
+    {"doc_batch": "doc_batch", "chunk": "doc_chunk", "rank": "doc_lora_rank", "lr": "doc_lora_lr",
+     "beta1": "doc_lora_beta1", "beta2": "doc_lora_beta2", "weight_decay": "doc_lora_wd"}, seed=("int", 0))
+GlobalSGDSettings = settings_view(
+    "GlobalSGDSettings", "The field's phased global SGD (doc_ttt.py).",
+    {"prefix_docs": "phased_prefix_docs", "num_phases": "phased_num_phases", "lr": "global_lr",
+     "momentum": "global_momentum", "epochs": "global_epochs", "chunk_tokens": "global_chunk_tokens",
+     "grad_clip": "global_grad_clip"})
+SETTINGS_VIEWS = (Scoring, TTTSettings, DynamicSettings, ScoreFirstSettings, TailSettings, KrauseSettings,
+                  DocLoRASettings, GlobalSGDSettings)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 from . import cpu, data, distributed as dist_utils, files, graphs
-from .config import RunConfig, switch_on
+from .config import RunConfig, Scoring, switch_on
 from .distributed import Context, Ranks
-from .evaluate import evaluate_nonoverlap, require_finite
+from .evaluate import Scorer, evaluate_nonoverlap, require_finite
 from .export import export
 from .model import GPT, apply_dtype_policy, bf16_autocast, configure_backends, load_weights, set_numerics
 from .optim import Optimizers, build_optimizers, lr_scale, muon_momentum, zeropower_via_newtonschulz5
@@ -302,8 +302,8 @@ def validate(tr: Trainer, st: TrainState, model: GPT | None = None):
     """Non-overlapping val score (the run's periodic `val_bpb`), reduced over ranks."""
     tc = tr.cfg.train
     m = model or st.model
-    r = evaluate_nonoverlap(m, tr.val_tokens, tr.lut, tc.train_seq_len, tr.val_batch_seqs, Ranks.current(),
-                            autocast=tr.autocast)
+    plan = Scoring(seq_len=tc.train_seq_len, stride=tc.train_seq_len, batch_seqs=tr.val_batch_seqs)
+    r = evaluate_nonoverlap(m, Scorer(tr.val_tokens, tr.lut, plan, Ranks.current(), tr.autocast))
     st.model.train()
     return r
 

@@ -22,8 +22,8 @@ from . import adapt, data, distributed as dist_utils, doc_ttt, files, graphs, qu
 from .adapt import Quirks
 from .config import RunConfig, switch_on
 from .distributed import Ranks
-from .evaluate import EvalResult, compiled, evaluate_nonoverlap, evaluate_sliding
-from .model import GPT, model_from_weights, set_numerics
+from .evaluate import EvalResult, Scorer, compiled, evaluate_nonoverlap, evaluate_sliding
+from .model import GPT, configure_backends, model_from_weights, set_numerics
 from .runfolder import RunFolder
 
 LEGAL = "scores every token before any update uses it"
@@ -62,20 +62,36 @@ class DequantizedArtifact:
                                   source=str(self.artifact))
 
 
-@dataclass
-class Job:
-    """What a variant's function needs: the dequantized artifact, the stream, and the settings it runs under."""
+@dataclass(frozen=True)
+class EvalInputs:
+    """What every variant of one call scores with: the artifact's dequantized weights, the stream and its byte
+    LUT on the device, and the backends set up for it (`model.configure_backends`' record: expand_kv etc.)."""
 
-    cfg: RunConfig
     weights: DequantizedArtifact
     tokens: torch.Tensor
     lut: data.ByteLUT
+    backends: dict
+
+    def on(self, tokens: torch.Tensor) -> "EvalInputs":
+        """The same with another stream (legality's replaced tails, sweep's tuning stream)."""
+        return dataclasses.replace(self, tokens=tokens)
+
+
+@dataclass
+class Job:
+    """What a variant's function needs: the inputs of the call, and the settings this variant runs under."""
+
+    cfg: RunConfig
+    inputs: EvalInputs
     quirks: Quirks  # the quirks in force for this variant (all off for variants that are not the run's)
     ranks: Ranks  # real x virtual ranks for this variant
-    backends: dict  # configure_backends' record: expand_kv etc.
-    data_path: str
     cache: dict = field(default_factory=dict)  # shared across the variants of one evaluate call
     regions: graphs.Regions | None = None  # this variant's compiled functions (made by `region`), counted apart
+
+    weights = property(lambda self: self.inputs.weights)
+    tokens = property(lambda self: self.inputs.tokens)
+    lut = property(lambda self: self.inputs.lut)
+    backends = property(lambda self: self.inputs.backends)
 
     def region(self, name: str, enabled: bool, **kw):
         """The compiled function `name` of this variant when `enabled`, else False (run eagerly); `kw` go to
@@ -96,6 +112,16 @@ class Job:
         return graphs.should_compile(self.cfg.eval.compile, self.weights.device)
 
     @property
+    def scorer(self) -> Scorer:
+        """The stream as this variant scores it: the eval windows, its ranks, its autocast."""
+        return Scorer(self.tokens, self.lut, self.cfg.eval.scoring, self.ranks, self.autocast)
+
+    def forward(self, m: GPT, region: str = "forward", enabled: bool | None = None, **kw):
+        """`m`'s forward through this variant's compiled region `region` when `enabled` (default: `eval.compile`
+        is on for this device), else `m` itself."""
+        return compiled(m, self.region(region, self.compile if enabled is None else enabled, **kw))
+
+    @property
     def compile_dynamic(self) -> bool:
         """The run's dynamic eval ran eagerly (its uncompiled train-mode forward): faithful unless asked."""
         return graphs.should_compile(self.cfg.eval.compile_dynamic, self.weights.device)
@@ -106,21 +132,36 @@ class Job:
         return set_numerics(m, qat=self.quirks.qat_on if qat is None else qat, expand_kv=self.backends["expand_kv"])
 
 
+@dataclass(frozen=True, kw_only=True)
+class EvalOptions:
+    """How one evaluate (or legality) call runs the variants, beside the config: the command line's switches."""
+
+    quirks: Quirks = Quirks()  # the run's quirks for its own passes (all faithful unless switched off)
+    virtual_ranks: int | None = None  # ranks the rank-local variants simulate (default: the profile's eval.ranks)
+    device: str | None = None
+    fresh: bool = False  # start the folder's results over
+    # whether training set late QAT's flag (a run folder's meta.json says; an artifact alone is assumed to come
+    # from a run that did, as every published one did). Never set: the run's own passes had no fake
+    # quantization to suffer, so the `qat_on` quirk is off.
+    qat_flag_set: bool = True
+
+    @property
+    def quirks_in_force(self) -> Quirks:
+        """`quirks`, with `qat_on` off when training never set the flag."""
+        return self.quirks if self.qat_flag_set else dataclasses.replace(self.quirks, qat_on=False)
+
+
 # ----------------------------------------------------------------------------------------------
 # The variants' functions: each returns its result and the settings it ran with.
 
 def run_nonoverlap(job: Job) -> tuple[EvalResult, dict]:
-    e, m = job.cfg.eval, job.model()
-    res = evaluate_nonoverlap(m, job.tokens, job.lut, e.eval_seq_len, e.eval_batch_seqs, job.ranks.real(),
-                              autocast=job.autocast, forward=compiled(m, job.region("forward", job.compile)))
-    return res, {}
+    m = job.model()
+    return evaluate_nonoverlap(m, job.scorer, job.forward(m)), {}
 
 
 def run_sliding(job: Job) -> tuple[EvalResult, dict]:
     m = job.model()
-    res = evaluate_sliding(m, job.tokens, job.lut, job.cfg.eval.scoring, job.ranks.real(), autocast=job.autocast,
-                           forward=compiled(m, job.region("forward", job.compile)))
-    return res, {}
+    return evaluate_sliding(m, job.scorer, job.forward(m)), {}
 
 
 def pre_eval_ttt_model(job: Job) -> tuple[GPT, float]:
@@ -130,8 +171,7 @@ def pre_eval_ttt_model(job: Job) -> tuple[GPT, float]:
     key = ("pre_eval_ttt", job.quirks, job.ranks)
     if key not in job.cache:
         m = job.model()
-        seconds = adapt.pre_eval_ttt(m, job.tokens, job.cfg.eval.eval_seq_len, job.cfg.eval.ttt, job.ranks,
-                                     autocast=job.autocast)
+        seconds = adapt.pre_eval_ttt(m, job.scorer, job.cfg.eval.ttt)
         job.cache[key] = (m, seconds)
     m, seconds = job.cache[key]
     return copy.deepcopy(m), seconds
@@ -148,25 +188,21 @@ def after_pre_eval_ttt(score: Callable[[Job, GPT], EvalResult]):
 
 
 def _sliding_after_ttt(job: Job, m: GPT) -> EvalResult:
-    return evaluate_sliding(m, job.tokens, job.lut, job.cfg.eval.scoring, job.ranks.real(), autocast=job.autocast,
-                            forward=compiled(m, job.region("forward", job.compile)))
+    return evaluate_sliding(m, job.scorer, job.forward(m))
 
 
 def _nonoverlap_after_ttt(job: Job, m: GPT) -> EvalResult:
-    e = job.cfg.eval  # the run compiled this pass (its eval_val), unlike its dynamic eval
-    return evaluate_nonoverlap(m, job.tokens, job.lut, e.eval_seq_len, e.eval_batch_seqs, job.ranks.real(),
-                               autocast=job.autocast, forward=compiled(m, job.region("forward", job.compile)))
+    return evaluate_nonoverlap(m, job.scorer, job.forward(m))  # the run compiled this pass, unlike its dynamic eval
 
 
 def _dynamic_after_ttt(job: Job, m: GPT) -> EvalResult:
-    return adapt.adapt_dynamic(m, job.tokens, job.lut, job.cfg.eval.scoring, job.cfg.eval.dynamic, job.ranks,
-                               autocast=job.autocast, compile=job.region("dynamic", job.compile_dynamic),
-                               name="pre_eval_ttt+dynamic")
+    return adapt.adapt_dynamic(m, job.scorer, job.cfg.eval.dynamic, name="pre_eval_ttt+dynamic",
+                               compile=job.region("dynamic", job.compile_dynamic))
 
 
 def run_dynamic(job: Job) -> tuple[EvalResult, dict]:
-    res = adapt.adapt_dynamic(job.model(), job.tokens, job.lut, job.cfg.eval.scoring, job.cfg.eval.dynamic,
-                              job.ranks, autocast=job.autocast, compile=job.region("dynamic", job.compile_dynamic))
+    res = adapt.adapt_dynamic(job.model(), job.scorer, job.cfg.eval.dynamic,
+                              compile=job.region("dynamic", job.compile_dynamic))
     return res, {"dynamic": asdict(job.cfg.eval.dynamic)}
 
 
@@ -174,8 +210,8 @@ def score_first(with_dynamic: bool):
     def run(job: Job) -> tuple[EvalResult, dict]:
         e = job.cfg.eval
         name = "score_first_ttt+dynamic" if with_dynamic else "score_first_ttt"
-        res = adapt.score_first_ttt(job.model(), job.tokens, job.lut, e.scoring, e.score_first, job.ranks,
-                                    dynamic=e.dynamic if with_dynamic else None, autocast=job.autocast, name=name)
+        res = adapt.score_first_ttt(job.model(), job.scorer, e.score_first, dynamic=e.dynamic if with_dynamic else None,
+                                    name=name)
         settings = {"score_first_ttt": asdict(e.score_first)}
         if with_dynamic:
             settings["dynamic"] = asdict(e.dynamic)
@@ -189,8 +225,8 @@ def tail(subset: str | None = None, name: str = "dynamic_tail"):
         settings = job.cfg.eval.tail
         if subset:
             settings = dataclasses.replace(settings, subset=subset)
-        res = adapt.adapt_dynamic_tail(job.model(), job.tokens, job.lut, job.cfg.eval.scoring, settings, job.ranks,
-                                       autocast=job.autocast, compile=job.region("tail", job.compile), name=name)
+        res = adapt.adapt_dynamic_tail(job.model(), job.scorer, settings, compile=job.region("tail", job.compile),
+                                       name=name)
         return res, {"tail": asdict(settings)}
     return run
 
@@ -199,32 +235,18 @@ def run_krause(job: Job) -> tuple[EvalResult, dict]:
     """dynamic_tail with Krause's update; its gradient statistics come from training batches only."""
     k = job.cfg.eval.krause
     t0 = time.perf_counter()
-    batches = train_batches(job.cfg, job.data_path, k.batches, job.weights.device)
+    batches = train_batches(job.cfg, k.batches, job.weights.device)
     stats = adapt.gradient_rms(job.model(qat=False), batches, job.autocast)
     stats_s = time.perf_counter() - t0
-    res = adapt.adapt_dynamic_tail(job.model(), job.tokens, job.lut, job.cfg.eval.scoring, k, job.ranks,
-                                   rms_stats=stats, autocast=job.autocast, compile=job.region("tail", job.compile),
+    res = adapt.adapt_dynamic_tail(job.model(), job.scorer, k, rms_stats=stats, compile=job.region("tail", job.compile),
                                    name="dynamic_krause")
     res.seconds += stats_s
     return res, {"krause": asdict(k)}
 
 
-def doc_lora_settings(e) -> doc_ttt.DocLoRASettings:
-    return doc_ttt.DocLoRASettings(doc_batch=e.doc_batch, chunk=e.doc_chunk, rank=e.doc_lora_rank, lr=e.doc_lora_lr,
-                                   beta1=e.doc_lora_beta1, beta2=e.doc_lora_beta2, weight_decay=e.doc_lora_wd, seed=0)
-
-
-def global_sgd_settings(e) -> doc_ttt.GlobalSGDSettings:
-    return doc_ttt.GlobalSGDSettings(prefix_docs=e.phased_prefix_docs, num_phases=e.phased_num_phases,
-                                     lr=e.global_lr, momentum=e.global_momentum, epochs=e.global_epochs,
-                                     chunk_tokens=e.global_chunk_tokens, grad_clip=e.global_grad_clip)
-
-
 def run_doc_score(job: Job) -> tuple[EvalResult, dict]:
-    e, m = job.cfg.eval, job.model()
-    res = doc_ttt.evaluate_doc_score(m, job.tokens, job.lut, e.eval_seq_len, e.eval_stride, e.eval_batch_seqs,
-                                     job.ranks.real(), autocast=job.autocast,
-                                     forward=compiled(m, job.region("forward", job.compile)))
+    m = job.model()
+    res = doc_ttt.evaluate_doc_score(m, job.scorer, job.forward(m))
     return res, {"documents": int(len(doc_ttt.documents(job.tokens)))}
 
 
@@ -242,24 +264,21 @@ def doc_ttt_variant(order: str, phased: bool):
     sequences by the chunk's token count, so only its float summation order does."""
     def run(job: Job) -> tuple[EvalResult, dict]:
         e = job.cfg.eval
-        s, g = doc_lora_settings(e), global_sgd_settings(e) if phased else None
+        ttt = doc_ttt.DocTTT(e.doc_lora, e.global_sgd if phased else None, order)
         name = ("phased_ttt_field" if order == "field" else "phased_ttt") if phased else "doc_lora_ttt"
-        log: dict = {}
         m = job.model()
-        res = doc_ttt.doc_lora_ttt(m, job.tokens, job.lut, s, e.eval_seq_len, job.ranks, phases=g,
-                                   order=order, autocast=job.autocast, name=name, log=log,
-                                   forward=compiled(m, job.region("lora", job.compile)),
-                                   sgd_forward=compiled(m, job.region("global", job.compile and phased, dynamic=None)))
-        settings = {"doc_lora": asdict(s), "order": order, "documents": int(len(doc_ttt.documents(job.tokens)))}
-        if g:
-            settings |= {"global_sgd": asdict(g), **log}
+        res = doc_ttt.doc_lora_ttt(m, job.scorer, ttt, name=name, forward=job.forward(m, "lora"),
+                                   sgd_forward=job.forward(m, "global", job.compile and phased, dynamic=None))
+        settings = {"doc_lora": asdict(ttt.lora), "order": order, "documents": int(len(doc_ttt.documents(job.tokens)))}
+        if phased:
+            settings |= {"global_sgd": asdict(ttt.phases), **res.notes}
         return res, settings
     return run
 
 
-def train_batches(cfg: RunConfig, data_path: str, num: int, device) -> list:
+def train_batches(cfg: RunConfig, num: int, device) -> list:
     """The first `num` batches of the training stream (for gradient statistics; training data only)."""
-    loader = data.DistributedTokenLoader(data.train_pattern(data_path), 0, 1, device)
+    loader = data.DistributedTokenLoader(data.train_pattern(cfg.train.data_path), 0, 1, device)
     seqs = max(1, cfg.eval.eval_batch_seqs // 2)
     return [loader.next_batch(seqs * cfg.eval.eval_seq_len, cfg.eval.eval_seq_len) for _ in range(num)]
 
@@ -357,8 +376,7 @@ def default_ranks(cfg: RunConfig, virtual_ranks: int | None) -> Ranks:
     return Ranks.current(cfg.eval.ranks if world < cfg.eval.ranks else None)
 
 
-def job_for(variant: Variant, cfg: RunConfig, ck: DequantizedArtifact, tokens, lut, quirks: Quirks, ranks: Ranks,
-            backends: dict, cache: dict) -> Job:
+def job_for(variant: Variant, cfg: RunConfig, inputs: EvalInputs, quirks: Quirks, ranks: Ranks, cache: dict) -> Job:
     """The settings `variant` runs under: the run's quirks for its own passes; for the others no fake
     quantization and rank-local adaptation, under the same table dtype as every variant (so that every
     Δ vs sliding measures adaptation, not table precision: the run scored all its passes with bf16
@@ -367,7 +385,7 @@ def job_for(variant: Variant, cfg: RunConfig, ck: DequantizedArtifact, tokens, l
     r = ranks if variant.rank_local else ranks.real()
     if variant.rank_local and not q.rank_local:  # quirk off: one rank, one chain over the whole stream
         r = Ranks.current(1)
-    return Job(cfg, ck, tokens, lut, q, r, backends, cfg.train.data_path, cache)
+    return Job(cfg, inputs, q, r, cache)
 
 
 def table_dtypes(job: Job) -> dict:
@@ -394,18 +412,19 @@ def compile_record(job: Job, res: EvalResult) -> dict:
     return {"graphs": regions, "compile_seconds": compile_s, "scoring_seconds": res.seconds - compile_s}
 
 
-def evaluation_inputs(cfg: RunConfig, artifact: Path,
-                      device: torch.device) -> tuple[data.ByteLUT, torch.Tensor, DequantizedArtifact]:
-    """What every variant of one call scores with: the byte LUT, the validation stream, the artifact.
+def evaluation_inputs(cfg: RunConfig, artifact: Path, device: torch.device) -> EvalInputs:
+    """What every variant of one call scores with: the backends set up for `device`, the byte LUT, the validation
+    stream, the artifact.
 
     A tokenizer other than the data's (or the run's, from the meta.json beside the artifact) would give a
     wrong bpb with a right-looking loss, and a token id outside the vocabulary an index error: both refused.
     """
+    backends = configure_backends(cfg, device)
     lut = data.build_byte_lut(cfg.train.tokenizer_path, cfg.model.vocab_size).to(device)  # vocab size first
     data.check_tokenizer(cfg.train.tokenizer_path, cfg.train.data_path, RunFolder(Path(artifact).parent).meta)
     tokens = data.load_validation_tokens(data.val_pattern(cfg.train.data_path), cfg.eval.eval_seq_len,
                                          cfg.eval.max_val_tokens, cfg.model.vocab_size)
-    return lut, tokens.to(device), DequantizedArtifact(cfg, Path(artifact), device)
+    return EvalInputs(DequantizedArtifact(cfg, Path(artifact), device), tokens.to(device), lut, backends)
 
 
 def check_virtual_ranks(ranks, tokens: torch.Tensor, cfg: RunConfig) -> None:

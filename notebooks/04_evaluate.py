@@ -36,7 +36,7 @@ data_root: str = "data"  # datasets/ and tokenizers/ live under it
 from IPython.display import Markdown, display
 
 from dyneval import notebook
-from dyneval.variants import VARIANTS
+from dyneval.variants import VARIANTS, EvalOptions
 
 run = notebook.setup(profile=profile, seed=seed, run_dir=run_dir, overrides=overrides, data_root=data_root)
 run_dir = run.run_dir  # relative paths resolve from the project root, in JupyterLab and papermill alike
@@ -127,7 +127,7 @@ short_cfg = dataclasses.replace(run.cfg, eval=dataclasses.replace(e, max_val_tok
 prefix = legality.default_prefixes(short - 1, short_cfg.eval, fractions=(0.5,))
 checked = [VARIANTS[n] for n in ("sliding", "pre_eval_ttt", "score_first_ttt", "dynamic_krause")]
 verdicts = legality.check_checkpoint(short_cfg, RunFolder(run_dir).latest_artifact(), checked, prefix,
-                                     qat_flag_set=meta.get("late_qat_step") is not None, log=print)
+                                     EvalOptions(qat_flag_set=meta.get("late_qat_step") is not None), log=print)
 
 # %% [markdown]
 # Read one line per variant. `sliding` is prefix-invariant trivially (it never adapts). `pre_eval_ttt`

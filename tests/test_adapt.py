@@ -44,8 +44,8 @@ RANK_LOCAL = [n for n, v in variants.VARIANTS.items() if v.rank_local]
 def run_variant(name, ck, tokens, lut, virtual=None, quirks=Quirks(), cache=None):
     """One registry entry on fresh weights, as the evaluate stage runs it (`cache`: shared with other calls)."""
     v = variants.VARIANTS[name]
-    job = variants.job_for(v, ck.cfg, ck, tokens, lut, quirks, Ranks.current(virtual), {"expand_kv": False},
-                           {} if cache is None else cache)
+    inputs = variants.EvalInputs(ck, tokens, lut, {"expand_kv": False})
+    job = variants.job_for(v, ck.cfg, inputs, quirks, Ranks.current(virtual), {} if cache is None else cache)
     return v.run(job)
 P = 1200  # the two streams agree on tokens 0..P
 
@@ -141,14 +141,16 @@ def test_low_rank_adapters_adapt_legally_and_leave_the_trained_weights_untouched
     from dyneval import adapt, evaluate
     from dyneval.config import KrauseSettings, Scoring, TailSettings
     cfg, ck, lut, tokens = setup
-    sc = Scoring(seq_len=128, stride=32, batch_seqs=4)
+    plan = Scoring(seq_len=128, stride=32, batch_seqs=4)
+    sc = evaluate.Scorer(tokens, lut, plan)
     lora = lambda lr: TailSettings(lr=lr, subset="lora", lora_rank=4)  # noqa: E731
-    base = evaluate.evaluate_sliding(ck.model(), tokens, lut, sc)
-    zero = adapt.adapt_dynamic_tail(ck.model(), tokens, lut, sc, lora(0.0))
+    base = evaluate.evaluate_sliding(ck.model(), sc)
+    zero = adapt.adapt_dynamic_tail(ck.model(), sc, lora(0.0))
     assert np.array_equal(zero.stream["nats"], base.stream["nats"])  # B starts at zero: W + BA = W
     m = ck.model()
-    a = adapt.adapt_dynamic_tail(m, tokens, lut, sc, lora(0.05))
-    b = adapt.adapt_dynamic_tail(ck.model(), legality.replace_after(tokens, P, cfg.model.vocab_size), lut, sc, lora(0.05))
+    a = adapt.adapt_dynamic_tail(m, sc, lora(0.05))
+    replaced = evaluate.Scorer(legality.replace_after(tokens, P, cfg.model.vocab_size), lut, plan)
+    b = adapt.adapt_dynamic_tail(ck.model(), replaced, lora(0.05))
     before = a.stream["first_scored"] + a.stream["num_scored"] <= P
     assert np.array_equal(a.stream["nats"][before], b.stream["nats"][before])
     assert a.bpb != base.bpb
@@ -158,8 +160,8 @@ def test_low_rank_adapters_adapt_legally_and_leave_the_trained_weights_untouched
     original = m.blocks[0].mlp.fc.parametrizations.weight.original
     assert torch.equal(original, ck.state["blocks.0.mlp.fc.weight"])
     with pytest.raises(ValueError, match="Krause statistics do not cover low-rank adapters"):
-        adapt.adapt_dynamic_tail(ck.model(), tokens, lut, sc, KrauseSettings(lr=1e-4, decay=0.0, batches=1,
-                                                                             subset="lora"), rms_stats={})
+        adapt.adapt_dynamic_tail(ck.model(), sc, KrauseSettings(lr=1e-4, decay=0.0, batches=1, subset="lora"),
+                                 rms_stats={})
 
 
 def test_evaluate_and_bench_eval_record_the_same_backend_settings(fixture_dir, tmp_path):

@@ -33,8 +33,8 @@ def test_the_gpu_policy_on_the_cpu_gives_bf16_tables_and_autocast(gpu_policy):
     m = ck.model()
     assert m.tok_emb.weight.dtype == torch.bfloat16 and m.bigram.embed.weight.dtype == torch.bfloat16
     assert ck.model(bf16_tables=False).tok_emb.weight.dtype == torch.float32
-    job = variants.job_for(variants.VARIANTS["dynamic"], cfg, ck, tokens, lut, Quirks(), variants.Ranks(),
-                           {"expand_kv": False}, {})
+    job = variants.job_for(variants.VARIANTS["dynamic"], cfg, variants.EvalInputs(ck, tokens, lut, {"expand_kv": False}),
+                           Quirks(), variants.Ranks(), {})
     assert job.autocast
 
 
@@ -42,7 +42,8 @@ def test_small_sgd_steps_on_a_bf16_table_are_lost_to_rounding_as_on_the_runs_gpu
     """The run's dynamic eval (plain SGD, lr 1e-3 on the record) on bf16 tables: many touched table entries
     do not move at all, since lr * grad is below half a bf16 ulp of the entry; fp32 tables move everywhere
     the gradient is non-zero. This is the `bf16_tables` quirk's mechanism."""
-    from dyneval.adapt import dynamic_step
+    from dyneval.adapt import DynamicStep
+    from dyneval.config import DynamicSettings
     cfg, ck, lut, tokens = gpu_policy
     x = tokens[:-1][:4 * 128].view(4, 128)
     y = tokens[1:][:4 * 128].view(4, 128)
@@ -50,8 +51,7 @@ def test_small_sgd_steps_on_a_bf16_table_are_lost_to_rounding_as_on_the_runs_gpu
     for bf16 in (True, False):
         m = ck.model(bf16_tables=bf16).train()
         before = m.tok_emb.weight.detach().float().clone()
-        opt = torch.optim.SGD(m.parameters(), lr=1e-3)
-        dynamic_step(m, opt, x, y, 0, 1, True, "dynamic")
+        DynamicStep(m, m.parameters(), DynamicSettings(lr=1e-3, adapt_every=1), True, "dynamic")(0, x, y)
         rows = torch.unique(torch.cat([x[:1].flatten(), y[:1].flatten()]))  # the tied table: inputs and targets
         delta = (m.tok_emb.weight.detach().float() - before)[rows]
         moved[bf16] = (delta != 0).float().mean().item()

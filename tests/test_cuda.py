@@ -42,11 +42,11 @@ def test_compiled_sliding_and_dynamic_eval_run_on_cuda_and_lr_zero_equals_slidin
                   torch.zeros(1024, dtype=torch.bool, device="cuda"))
     from dyneval.config import DynamicSettings, Scoring, TailSettings
     sc = Scoring(seq_len=512, stride=64, batch_seqs=8)
-    s = evaluate.evaluate_sliding(m, tokens, lut, sc, autocast=True, forward=evaluate.compiled(m, True))
-    d = adapt.adapt_dynamic(m, tokens, lut, sc, DynamicSettings(lr=0.0, adapt_every=4), autocast=True, compile=True)
+    sc = evaluate.Scorer(tokens, lut, sc, autocast=True)
+    s = evaluate.evaluate_sliding(m, sc, forward=evaluate.compiled(m, True))
+    d = adapt.adapt_dynamic(m, sc, DynamicSettings(lr=0.0, adapt_every=4), compile=True)
     assert abs(s.bpb - d.bpb) < 1e-2  # train-mode vs eval-mode graphs fuse differently in bf16
-    t = adapt.adapt_dynamic_tail(m, tokens, lut, sc, TailSettings(lr=1e-3, subset="all", lora_rank=8),
-                                 autocast=True, compile=True)
+    t = adapt.adapt_dynamic_tail(m, sc, TailSettings(lr=1e-3, subset="all", lora_rank=8), compile=True)
     assert torch.isfinite(torch.tensor(t.bpb))
 
 

@@ -1,6 +1,7 @@
 """The field's per-document adaptations (dyneval/doc_ttt.py) on a tiny random model of the record's shape
 (XSA, bigram table, partial RoPE, SmearGate, U-Net skips, tied head) and a synthetic stream of documents."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -11,8 +12,9 @@ import torch
 
 from conftest import FIXTURE, REPO
 from dyneval import data, doc_ttt, legality
-from dyneval.config import ModelConfig
+from dyneval.config import ModelConfig, Scoring
 from dyneval.distributed import Ranks
+from dyneval.evaluate import Scorer
 from dyneval.model import GPT
 
 SEQ = 64
@@ -20,6 +22,15 @@ LORA = doc_ttt.DocLoRASettings(doc_batch=3, chunk=12, rank=4, lr=3e-3, beta1=0.0
                                seed=0)
 PHASES = doc_ttt.GlobalSGDSettings(prefix_docs=6, num_phases=2, lr=3e-3, momentum=0.9, epochs=1, chunk_tokens=40,
                                    grad_clip=1.0)
+
+
+def scorer(tokens, lut, ranks=Ranks()) -> Scorer:
+    """`tokens` scored in SEQ-token windows, stride 16 inside long documents, 4 windows per batch."""
+    return Scorer(tokens, lut, Scoring(seq_len=SEQ, stride=16, batch_seqs=4), ranks)
+
+
+def ttt(phases=None, order="stream"):
+    return doc_ttt.DocTTT(LORA, phases, order)
 
 
 def tiny_model() -> GPT:
@@ -80,8 +91,8 @@ def test_doc_score_of_a_document_does_not_see_any_other_document(lut):
     lo, hi = (int(v) for v in spans[4])
     other = stream(seed=1)
     other[lo:hi + 1] = t[lo:hi + 1]  # same document 4 (and the BOS ending it), everything else different
-    a = doc_ttt.evaluate_doc_score(m, t, lut, SEQ, 16, 4)
-    b = doc_ttt.evaluate_doc_score(m, other, lut, SEQ, 16, 4)
+    a = doc_ttt.evaluate_doc_score(m, scorer(t, lut))
+    b = doc_ttt.evaluate_doc_score(m, scorer(other, lut))
     ra, rb = doc_rows(a.stream, (lo, hi)), doc_rows(b.stream, (lo, hi))
     assert len(ra["nats"]) and all(np.array_equal(ra[k], rb[k]) for k in ra)
     assert a.tokens == t.numel() - 1  # every target once
@@ -93,29 +104,29 @@ def test_a_document_scored_alone_equals_it_scored_inside_a_batch_of_others_and_a
     for p in m.parameters():
         p.requires_grad_(False)
     spans = [tuple(int(v) for v in s) for s in doc_ttt.documents(t)]
-    alone = doc_ttt.lora_batch(m, t, lut, [spans[5]], LORA, SEQ, 0)
-    inside = doc_ttt.lora_batch(m, t, lut, [spans[2], spans[5], spans[9]], LORA, SEQ, 0)
-    after = doc_ttt.lora_batch(m, t, lut, [spans[7], spans[3], spans[5]], LORA, SEQ, 0)
+    sc = scorer(t, lut)
+    alone = doc_ttt.lora_batch(m, sc, [spans[5]], LORA, 0)
+    inside = doc_ttt.lora_batch(m, sc, [spans[2], spans[5], spans[9]], LORA, 0)
+    after = doc_ttt.lora_batch(m, sc, [spans[7], spans[3], spans[5]], LORA, 0)
     a, b, c = (doc_rows(r, spans[5]) for r in (alone, inside, after))
     assert len(a["nats"]) >= 3  # several chunks: the adapters stepped
     for k in a:
         assert np.allclose(a[k], b[k], rtol=1e-12, atol=0) and np.allclose(a[k], c[k], rtol=1e-12, atol=0), k
     # across batches: the whole stream in batches of 3 scores each document as alone (fresh adapters per batch)
-    whole = doc_ttt.doc_lora_ttt(m, t, lut, LORA, SEQ).stream
+    whole = doc_ttt.doc_lora_ttt(m, sc, ttt()).stream
     for s in (spans[0], spans[5], spans[-1]):
-        one = doc_rows(doc_ttt.lora_batch(m, t, lut, [s], LORA, SEQ, 0), s)
+        one = doc_rows(doc_ttt.lora_batch(m, sc, [s], LORA, 0), s)
         assert np.allclose(doc_rows(whole, s)["nats"], one["nats"], rtol=1e-12, atol=0)
     # and the adaptation does something: later chunks differ from scoring with frozen fresh adapters
-    frozen = doc_rows(doc_ttt.lora_batch(m, t, lut, [spans[5]], LORA.__class__(**{**LORA.__dict__, "lr": 0.0}),
-                                         SEQ, 0), spans[5])
+    frozen = doc_rows(doc_ttt.lora_batch(m, sc, [spans[5]], dataclasses.replace(LORA, lr=0.0), 0), spans[5])
     assert frozen["nats"][0] == a["nats"][0] and not np.array_equal(frozen["nats"][1:], a["nats"][1:])
 
 
 @pytest.mark.parametrize("order", ["stream", "field"])
 def test_phased_ttt_changes_the_base_weights_at_every_phase_with_real_sgd_steps(lut, order):
     m = tiny_model()
-    log = {}
-    res = doc_ttt.doc_lora_ttt(m, stream(), lut, LORA, SEQ, phases=PHASES, order=order, log=log)
+    res = doc_ttt.doc_lora_ttt(m, scorer(stream(), lut), ttt(PHASES, order))
+    log = res.notes
     assert [p["documents"] for p in log["phases"]] == [3, 6]
     assert all(p["steps"] >= 1 and p["weight_change"] > 0 for p in log["phases"]), log
     assert res.tokens == 700
@@ -128,7 +139,7 @@ def _legality(name, order, phases, lut):
     def run(toks, cache):
         m = tiny_model()
         m.load_state_dict(m0.state_dict())
-        return doc_ttt.doc_lora_ttt(m, toks, lut, LORA, SEQ, phases=phases, order=order, name=name)
+        return doc_ttt.doc_lora_ttt(m, scorer(toks, lut), ttt(phases, order), name=name)
     return legality.check_variant(name, True, "", run, t, [451, 613], 1024)
 
 
@@ -151,14 +162,14 @@ def test_phased_ttt_in_the_records_order_fails_prefix_invariance_and_is_shown_no
 RANK_SCRIPT = """
 import sys, numpy as np, torch
 sys.path.insert(0, {tests!r})
-from test_doc_ttt import tiny_model, stream, LORA, PHASES, SEQ
+from test_doc_ttt import tiny_model, stream, scorer, ttt, PHASES
 from dyneval import data, doc_ttt, distributed
 from dyneval.distributed import Ranks
 ctx = distributed.init_context("cpu")
 lut = data.build_byte_lut({tok!r}, 1024)
 out = {{}}
 for name, ph in (("lora", None), ("phased", PHASES)):
-    r = doc_ttt.doc_lora_ttt(tiny_model(), stream(), lut, LORA, SEQ, Ranks.current({virtual}), phases=ph)
+    r = doc_ttt.doc_lora_ttt(tiny_model(), scorer(stream(), lut, Ranks.current({virtual})), ttt(ph))
     out[name] = r.stream["nats"]
 if ctx.is_main:
     np.savez({path!r}, **out)
@@ -183,5 +194,5 @@ def test_two_gloo_ranks_equal_two_virtual_ranks_on_doc_lora_ttt_and_phased_ttt(t
     assert np.allclose(real["phased"], virtual["phased"], rtol=1e-7, atol=0)
     # one rank scores the same documents the same way; this process runs 2 threads, the subprocesses 1 (other
     # kernels), so to float tolerance
-    one = doc_ttt.doc_lora_ttt(tiny_model(), stream(), lut, LORA, SEQ, Ranks())
+    one = doc_ttt.doc_lora_ttt(tiny_model(), scorer(stream(), lut), ttt())
     assert np.allclose(np.sort(one.stream["nats"]), np.sort(real["lora"]), rtol=1e-6, atol=0)

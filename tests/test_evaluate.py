@@ -8,9 +8,10 @@ import torch
 
 from dyneval import adapt, data, evaluate
 from dyneval.config import DynamicSettings, ModelConfig, Scoring
+from dyneval.evaluate import Scorer
 from dyneval.model import GPT, load_weights
 
-SC = Scoring(seq_len=128, stride=32, batch_seqs=8)
+PLAN = Scoring(seq_len=128, stride=32, batch_seqs=8)
 
 
 @pytest.fixture(scope="module")
@@ -24,39 +25,39 @@ def fx(fixture_dir):
     def model():
         return load_weights(GPT(cfg), state, "trained.pt")
 
-    return model, tokens, lut
+    return model, Scorer(tokens, lut, PLAN)
 
 
 def test_sliding_eval_with_stride_equal_to_seq_len_equals_non_overlapping_eval(fx):
-    model, tokens, lut = fx
-    a = evaluate.evaluate_nonoverlap(model(), tokens, lut, 128, 8)
-    b = evaluate.evaluate_sliding(model(), tokens, lut, Scoring(seq_len=128, stride=128, batch_seqs=8))
+    model, sc = fx
+    a = evaluate.evaluate_nonoverlap(model(), sc)
+    b = evaluate.evaluate_sliding(model(), Scorer(sc.tokens, sc.lut, Scoring(seq_len=128, stride=128, batch_seqs=8)))
     assert a.tokens == b.tokens and a.bytes == b.bytes
     assert abs(a.nats - b.nats) < 1e-9 * a.nats
 
 
 def test_dynamic_eval_with_lr_zero_equals_sliding_eval_exactly(fx):
-    model, tokens, lut = fx
-    s = evaluate.evaluate_sliding(model(), tokens, lut, SC)
-    d = adapt.adapt_dynamic(model(), tokens, lut, SC, DynamicSettings(lr=0.0, adapt_every=2))
+    model, sc = fx
+    s = evaluate.evaluate_sliding(model(), sc)
+    d = adapt.adapt_dynamic(model(), sc, DynamicSettings(lr=0.0, adapt_every=2))
     assert np.array_equal(s.stream["nats"], d.stream["nats"])
     assert (s.nats, s.tokens, s.bytes) == (d.nats, d.tokens, d.bytes)
 
 
 def test_the_same_inputs_give_bitwise_the_same_result_twice(fx):
-    model, tokens, lut = fx
-    a = adapt.adapt_dynamic(model(), tokens, lut, SC, DynamicSettings(lr=0.01, adapt_every=2))
-    b = adapt.adapt_dynamic(model(), tokens, lut, SC, DynamicSettings(lr=0.01, adapt_every=2))
+    model, sc = fx
+    a = adapt.adapt_dynamic(model(), sc, DynamicSettings(lr=0.01, adapt_every=2))
+    b = adapt.adapt_dynamic(model(), sc, DynamicSettings(lr=0.01, adapt_every=2))
     assert np.array_equal(a.stream["nats"], b.stream["nats"]) and a.nats == b.nats
 
 
 def test_the_stream_sums_to_the_pass_bpb_and_batch_size_only_changes_summation_order(fx):
-    model, tokens, lut = fx
-    r = evaluate.evaluate_sliding(model(), tokens, lut, SC)
+    model, sc = fx
+    r = evaluate.evaluate_sliding(model(), sc)
     assert set(r.stream) == set(evaluate.STREAM_FIELDS)
     assert r.stream["nats"].sum() / np.log(2) / r.stream["bytes"].sum() == pytest.approx(r.bpb, rel=1e-12)
     assert r.stream["num_scored"].sum() == r.tokens
-    r3 = evaluate.evaluate_sliding(model(), tokens, lut, Scoring(seq_len=128, stride=32, batch_seqs=3))
+    r3 = evaluate.evaluate_sliding(model(), Scorer(sc.tokens, sc.lut, Scoring(seq_len=128, stride=32, batch_seqs=3)))
     assert r3.bpb == pytest.approx(r.bpb, abs=1e-6)
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dyneval import adapt, evaluate
-from dyneval.config import DynamicSettings
+from dyneval.config import DynamicSettings, Scoring
 from dyneval.data import ByteLUT
 
 V = 16
@@ -30,7 +30,7 @@ def test_an_exception_inside_a_scoring_pass_leaves_the_model_in_the_mode_it_was_
     model = Failing().train(training)
     tokens = torch.arange(200) % V
     with pytest.raises(RuntimeError, match="forward failed"):
-        evaluate.evaluate_nonoverlap(model, tokens, _lut(), 32, 2)
+        evaluate.evaluate_nonoverlap(model, evaluate.Scorer(tokens, _lut(), Scoring(seq_len=32, stride=32, batch_seqs=2)))
     assert model.training is training
 
 

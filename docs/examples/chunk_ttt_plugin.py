@@ -2,7 +2,8 @@
 
 A plugin is a Python file with a module-level `VARIANTS`: a list of the registry's `Variant` records
 (`dyneval/variants.py`), each with the function that runs it on a `Job` (fresh weights from the
-artifact, the validation stream, the byte LUT, the config) and returns (EvalResult, settings).
+artifact, `job.scorer`: the stream, its byte LUT, windows and ranks, the config) and returns (EvalResult,
+settings).
 
 Both variants cut the stream into chunks of `eval.ttt_chunk_tokens` targets (a sliding window belongs
 to the chunk of its first scored target) and take one SGD step per chunk on the chunk's tokens, as
@@ -22,20 +23,21 @@ import time
 import numpy as np
 import torch
 
-from dyneval.evaluate import Windows, reduce_result, score_windows, sliding_windows, window_batch
+from dyneval.evaluate import Scorer, Windows, reduce_result, score_windows
 from dyneval.variants import LEGAL, Variant
 
 LR = 0.01  # one plain SGD step per chunk: enough to move every later score of a small model
 
 
-def train_on(model, opt, tokens, lo: int, hi: int, seq_len: int) -> None:
-    """One SGD step on the whole seq_len sequences of targets [lo, hi) (tokens lo .. hi at most)."""
+def train_on(model, opt, sc: Scorer, lo: int, hi: int) -> None:
+    """One SGD step on the whole sc.plan.seq_len sequences of targets [lo, hi) (tokens lo .. hi at most)."""
+    seq_len = sc.plan.seq_len
     n = (hi - lo) // seq_len
     if n <= 0:
         return
     seqs = Windows(lo + np.arange(n, dtype=np.int64) * seq_len, np.full(n, seq_len, dtype=np.int64),
                    np.zeros(n, dtype=np.int64), seq_len)
-    x, y, _ = window_batch(tokens, seqs, tokens.device)
+    x, y, _ = sc.batch(seqs, sc.tokens.device)
     model.train()
     loss = model(x, y)
     opt.zero_grad(set_to_none=True)
@@ -46,25 +48,23 @@ def train_on(model, opt, tokens, lo: int, hi: int, seq_len: int) -> None:
 def chunked(train_first: bool, name: str):
     def run(job):
         t0 = time.perf_counter()
-        scoring, chunk = job.cfg.eval.scoring, job.cfg.eval.ttt_chunk_tokens
+        sc, chunk = job.scorer, job.cfg.eval.ttt_chunk_tokens
         model = job.model()
         opt = torch.optim.SGD(model.parameters(), lr=LR)
-        n_targets = job.tokens.numel() - 1
-        windows = sliding_windows(n_targets, scoring.seq_len, scoring.stride)
+        windows = sc.sliding()
         chunk_of = (windows.starts + windows.score_from) // chunk
         parts = []
         for c in range(int(chunk_of.max()) + 1):
             idx = np.nonzero(chunk_of == c)[0]
             if not len(idx):
                 continue
-            lo, hi = c * chunk, min((c + 1) * chunk, n_targets)
+            lo, hi = c * chunk, min((c + 1) * chunk, sc.num_targets)
             if train_first:  # NOT legal: the step sees this chunk's targets before they are scored
-                train_on(model, opt, job.tokens, lo, hi, scoring.seq_len)
+                train_on(model, opt, sc, lo, hi)
             model.eval()
-            parts.append(score_windows(model, job.tokens, job.lut, windows.slice(int(idx[0]), int(idx[-1]) + 1),
-                                       scoring.batch_seqs))
+            parts.append(score_windows(sc, model, windows.slice(int(idx[0]), int(idx[-1]) + 1)))
             if not train_first:  # legal: every target it trains on is scored already
-                train_on(model, opt, job.tokens, lo, hi, scoring.seq_len)
+                train_on(model, opt, sc, lo, hi)
         return reduce_result(name, parts, time.perf_counter() - t0), {"lr": LR, "chunk_tokens": chunk}
     return run
 
