@@ -319,8 +319,9 @@ def cmd_sweep(args) -> int:
     from . import distributed, sweep
 
     try:
-        sweep.run_sweep(args.run_dir, args.variant, args.grid or [], args.out, args.set or [], args.quirks or "",
-                        args.device, log=lambda m: print(m, flush=True))
+        request = sweep.SweepRequest(run_dir=args.run_dir, variant=args.variant, grid=args.grid or [], out=args.out,
+                                     overrides=args.set or [], quirks=args.quirks or "", device=args.device)
+        sweep.run_sweep(request, log=lambda m: print(m, flush=True))
     finally:
         distributed.teardown()
     return 0
