@@ -345,11 +345,12 @@ def cmd_parity(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from .reproduce import parse_seed_sets, reproduce
+    from .reproduce import Reproduction, parse_seed_sets, reproduce
 
-    out = args.out or f"runs/reproduce/{args.profile}"
-    s = reproduce(args.profile, args.seeds, out, args.set or [], parse_seed_sets(args.seed_set), args.figures,
-                  args.timeout, args.data_root, args.fresh)
+    asked = Reproduction(profile=args.profile, seeds=args.seeds, out=args.out or f"runs/reproduce/{args.profile}",
+                         overrides=args.set or [], seed_overrides=parse_seed_sets(args.seed_set), figures=args.figures,
+                         timeout=args.timeout, data_root=args.data_root, fresh=args.fresh)
+    s = reproduce(asked)
     return 0 if not s["failed"] else 3
 
 

@@ -259,20 +259,25 @@ def notebooks_recorded(monkeypatch):
     return ran
 
 
+def asked_for(tmp_path, *overrides, fresh=False):
+    """The reproduction these tests ask for: the smoke profile's seed 42 into `<tmp_path>/out`."""
+    from dyneval.reproduce import Reproduction
+
+    return Reproduction(profile="smoke", seeds=[42], out=tmp_path / "out", overrides=list(overrides),
+                        data_root=str(tmp_path / "data"), fresh=fresh)
+
+
 def test_reproduce_skips_a_complete_seed_only_when_config_and_artifact_are_identical(tmp_path, notebooks_recorded):
     from dyneval import reproduce
 
     seed_dir = _complete_seed(tmp_path / "out", tmp_path / "data", "train.iterations=7")
-    s = reproduce.reproduce("smoke", [42], tmp_path / "out", ["train.iterations=7"], data_root=str(tmp_path / "data"),
-                            log=lambda *_: None)
+    s = reproduce.reproduce(asked_for(tmp_path, "train.iterations=7"), log=lambda *_: None)
     assert s["skipped"] == [42] and notebooks_recorded == ["05_report"]
     with pytest.raises(ValueError, match=r"seed 42: .*seed42 .*train.iterations.*--fresh"):
-        reproduce.reproduce("smoke", [42], tmp_path / "out", ["train.iterations=9"], data_root=str(tmp_path / "data"),
-                            log=lambda *_: None)
+        reproduce.reproduce(asked_for(tmp_path, "train.iterations=9"), log=lambda *_: None)
     (seed_dir / "final_model.int6.ptz").write_bytes(b"another artifact")
     with pytest.raises(ValueError, match=r"seed 42: .*artifact"):
-        reproduce.reproduce("smoke", [42], tmp_path / "out", ["train.iterations=7"], data_root=str(tmp_path / "data"),
-                            log=lambda *_: None)
+        reproduce.reproduce(asked_for(tmp_path, "train.iterations=7"), log=lambda *_: None)
 
 
 def test_reproduce_with_fresh_runs_a_seed_whose_config_differs_again_from_scratch(tmp_path, notebooks_recorded):
@@ -280,8 +285,7 @@ def test_reproduce_with_fresh_runs_a_seed_whose_config_differs_again_from_scratc
 
     seed_dir = _complete_seed(tmp_path / "out", tmp_path / "data", "train.iterations=7")
     log = []
-    s = reproduce.reproduce("smoke", [42], tmp_path / "out", ["train.iterations=9"], data_root=str(tmp_path / "data"),
-                            fresh=True, log=log.append)
+    s = reproduce.reproduce(asked_for(tmp_path, "train.iterations=9", fresh=True), log=log.append)
     assert s["done"] == [42] and notebooks_recorded[:4] == ["01_data", "02_train", "03_quantize", "04_evaluate"]
     assert not (seed_dir / "meta.json").exists() and any("fresh" in line for line in log)
 
@@ -416,7 +420,7 @@ def test_a_second_reproduce_on_a_locked_folder_is_refused(tmp_path, notebooks_re
     held = _hold_lock(tmp_path / "out")
     try:
         with pytest.raises(ValueError, match="another"):
-            reproduce.reproduce("smoke", [42], tmp_path / "out", data_root=str(tmp_path / "data"), log=lambda *_: None)
+            reproduce.reproduce(asked_for(tmp_path), log=lambda *_: None)
         assert notebooks_recorded == []
     finally:
         held.close()
