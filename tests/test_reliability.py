@@ -147,9 +147,11 @@ def test_torchrun_hands_every_dyneval_option_through_to_the_command():
             assert args.training_script_args == tail, (opt, command)
 
 
-def _readme_torchrun_lines():
-    text = (REPO / "README.md").read_text()
+def _documented_torchrun_lines():
+    """The torchrun command lines of the README and of the GPU guide it links (docs/GPU.md), in order, once each."""
+    text = "\n".join((REPO / page).read_text() for page in ("README.md", "docs/GPU.md"))
     lines = [m.group(0).strip("`") for m in re.finditer(r"`?torchrun [^`\n]+", text) if " -m dyneval " in m.group(0)]
+    lines = list(dict.fromkeys(lines))
     assert len(lines) >= 3, lines  # train, evaluate, and the two-node train
     return lines
 
@@ -162,13 +164,14 @@ def _free_port():
     return port
 
 
-def test_every_torchrun_command_line_of_the_readme_runs_under_gloo_with_two_processes(tmp_path, quick_cfg):
+def test_every_torchrun_command_line_of_the_readme_and_the_gpu_guide_runs_under_gloo_with_two_processes(tmp_path,
+                                                                                                         quick_cfg):
     """Each line as written, launched in a scratch folder: 8 GPUs become 2 processes, 2 nodes x 4 become 2 x 1,
     HOST becomes loopback, and `--config` (which a profile gives way to) makes the model tiny."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     quick_json = tmp_path / "quick.json"
     quick_json.write_text(json.dumps(quick_cfg.to_dict()))
-    for line in _readme_torchrun_lines():
+    for line in _documented_torchrun_lines():
         words = line.split()
         nodes = next((int(w.split("=")[1]) for w in words if w.startswith("--nnodes=")), 1)
         port = _free_port()
