@@ -102,13 +102,7 @@ def add_sweep_command(sub) -> None:
     sw.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m dyneval", description=__doc__.splitlines()[0])
-    p.add_argument("--debug", action="store_true", help="show tracebacks of bad-input errors too")
-    sub = p.add_subparsers(dest="command", required=True)
-    add_data_command(sub)
-    add_sweep_command(sub)
-
+def add_train_command(sub) -> None:
     t = sub.add_parser("train", help="train (also under torchrun)")
     config_args(t)
     t.add_argument("--out", required=True, help="run folder")
@@ -116,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fresh", action="store_true",
                    help="delete the run folder's checkpoint, finished run and eval/ first (default: refuse to overwrite)")
 
+
+def add_export_command(sub) -> None:
     x = sub.add_parser("export", help="re-quantize a trained run: artifact, size report, round-trip score")
     x.add_argument("run_folder", help="a training run folder (final_model.pt and meta.json or config.json)")
     x.add_argument("--bits", type=int, default=6, help="bits of the attention/MLP grid (the run: 6)")
@@ -123,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--passthrough-max-numel", type=int, default=None, help="fp16 passthrough size (the run: 65536)")
     x.add_argument("--device", choices=["cpu", "cuda"])
 
+
+def add_evaluate_command(sub) -> None:
     ev = sub.add_parser("evaluate", help="score adaptation variants on one checkpoint's artifact")
     config_args(ev, run_dir=True)
     ev.add_argument("--artifact", help="an int6 artifact (.ptz) scored with the --profile/--config model")
@@ -134,14 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--fresh", action="store_true", help="start the results folder over instead of adding to it")
     ev.add_argument("--out", required=True, help="results folder")
 
-    add_legality_command(sub)
 
+def add_parity_command(sub) -> None:
     pa = sub.add_parser("parity", help="recompute a reference fixture's expected.json")
     pa.add_argument("fixture", nargs="?", help="fixture directory (settings.json, expected.json, trained.pt, ...); "
                     "default: the compact reference fixture shipped in the package")
     pa.add_argument("--write", action="store_true",
                     help="write expected.json from this library instead (a regression fixture, not the run's numbers)")
 
+
+def add_reproduce_command(sub) -> None:
     r = sub.add_parser("reproduce", help="notebooks 01-04 per seed through papermill, then 05")
     r.add_argument("--profile", default="smoke")
     r.add_argument("--seeds", type=int, nargs="+", default=[42])
@@ -155,10 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fresh", action="store_true",
                    help="run again from scratch a complete seed whose config or artifact differs (default: refuse)")
 
+
+def add_report_command(sub) -> None:
     rep = sub.add_parser("report", help="tables and figures from a reproduction folder")
     rep.add_argument("--runs", default="runs/reproduce/smoke")
     rep.add_argument("--figures", help="where tables and figures go (default: <runs>/figures)")
 
+
+def add_bench_command(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = b.add_subparsers(dest="what", required=True)
     bt = bsub.add_parser("train", help="ms per step and tokens/s per GPU, after compilation")
@@ -174,11 +178,27 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--windows", type=int, default=1024)
     bc.add_argument("--checkpoint-run", help="a training run folder: also compiled vs eager dynamic-eval bpb on it")
 
+
+def add_config_command(sub) -> None:
     c = sub.add_parser("config", help="print the resolved config (what --config takes back)")
     config_args(c, run_dir=True)
     c.add_argument("--sources", action="store_true",
                    help='print {"config": ..., "sources": ...}: where each non-default value came from (--config '
                         'takes this back too)')
+
+
+# Each command's parser, in the order `--help` lists them.
+COMMAND_PARSERS = (add_data_command, add_sweep_command, add_train_command, add_export_command, add_evaluate_command,
+                   add_legality_command, add_parity_command, add_reproduce_command, add_report_command,
+                   add_bench_command, add_config_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="python -m dyneval", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks of bad-input errors too")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add_command in COMMAND_PARSERS:
+        add_command(sub)
     return p
 
 
@@ -320,8 +340,9 @@ def cmd_sweep(args) -> int:
     from . import distributed, sweep
 
     try:
-        sweep.run_sweep(args.run_dir, args.variant, args.grid or [], args.out, args.set or [], args.quirks or "",
-                        args.device, log=lambda m: print(m, flush=True))
+        request = sweep.SweepRequest(run_dir=args.run_dir, variant=args.variant, grid=args.grid or [], out=args.out,
+                                     overrides=args.set or [], quirks=args.quirks or "", device=args.device)
+        sweep.run_sweep(request, log=lambda m: print(m, flush=True))
     finally:
         distributed.teardown()
     return 0
@@ -345,11 +366,12 @@ def cmd_parity(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from .reproduce import parse_seed_sets, reproduce
+    from .reproduce import Reproduction, parse_seed_sets, reproduce
 
-    out = args.out or f"runs/reproduce/{args.profile}"
-    s = reproduce(args.profile, args.seeds, out, args.set or [], parse_seed_sets(args.seed_set), args.figures,
-                  args.timeout, args.data_root, args.fresh)
+    asked = Reproduction(profile=args.profile, seeds=args.seeds, out=args.out or f"runs/reproduce/{args.profile}",
+                         overrides=args.set or [], seed_overrides=parse_seed_sets(args.seed_set), figures=args.figures,
+                         timeout=args.timeout, data_root=args.data_root, fresh=args.fresh)
+    s = reproduce(asked)
     return 0 if not s["failed"] else 3
 
 

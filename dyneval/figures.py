@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import files
 from .stats import legal_front
 
 FIGURE_VARIANTS = ("sliding", "nonoverlap", "dynamic", "pre_eval_ttt+dynamic", "score_first_ttt", "dynamic_tail",
@@ -42,11 +43,12 @@ def legend(ax) -> None:
 
 
 def save(fig, out: Path, name: str) -> list[Path]:
-    """`<out>/<name>.png` and `.svg` without dates or software versions (byte-identical reruns); a pyplot
+    """`<out>/<name>.png` and `.svg`, each written atomically, without dates or software versions (byte-identical reruns); a pyplot
     figure is closed after (one made with `matplotlib.figure.Figure` has no window to close)."""
     paths = [out / f"{name}.png", out / f"{name}.svg"]
-    fig.savefig(paths[0], metadata={"Software": None})
-    fig.savefig(paths[1], metadata={"Date": None, "Creator": None})
+    for path, metadata in zip(paths, ({"Software": None}, {"Date": None, "Creator": None})):
+        with files.atomic_open(path) as fh:  # an interrupted save leaves no half-written figure
+            fig.savefig(fh, format=path.suffix[1:], metadata=metadata)
     if fig.canvas.manager is not None:
         import matplotlib.pyplot as plt
 
@@ -223,3 +225,70 @@ def plot_eval_budget(ax, rows: list[dict], hardware: dict, seeds: int) -> str:
     if note:
         ax.text(0.01, -0.2, note, transform=ax.transAxes, fontsize=7, color="0.3", va="top")
     return note
+
+
+# ----------------------------------------------------------------------------------------------
+# The sweep (sweep.py): rates tuned on the held-out tuning stream
+
+# The sweep figure's own style since it was first drawn: the house style's type size and SVG salt, with all
+# four spines (a heatmap is framed). Used as `matplotlib.rc_context(SWEEP_STYLE)` around drawing and saving.
+SWEEP_STYLE = {"svg.hashsalt": "dyneval", "font.size": 9}
+
+
+def plot_sweep(ax, grid: dict[str, list], deltas: list[tuple[dict, float]], choice: dict, title: str,
+               note: str = "") -> None:
+    """Tuning Δ bpb vs sliding of each setting of `grid` that scored (`deltas`: (setting, Δ) pairs in the
+    grid's order; a diverged setting has none), the `choice` (one of them) marked: a line over a one-field
+    grid (log x when its positive values span more than 20×), else a heatmap over the first two fields
+    with the others held at the choice (`note` says so, under the axes) and a diverged cell written out."""
+    fields = list(grid)
+    if len(fields) == 1:
+        _sweep_line(ax, fields[0], deltas, choice)
+    else:
+        _sweep_heatmap(ax, grid, deltas, choice)
+        if note:
+            ax.text(0, -0.18, note, transform=ax.transAxes, fontsize=7)
+    ax.set_title(title, fontsize=8)
+
+
+def _sweep_line(ax, field: str, deltas: list[tuple[dict, float]], choice: dict) -> None:
+    values = [s[field] for s, _ in deltas]
+    numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values)
+    xs = values if numeric else list(range(len(values)))
+    at = values.index(choice[field])
+    ax.plot(xs, [d for _, d in deltas], "o-", color="C0")
+    ax.plot([xs[at]], [deltas[at][1]], "*", ms=14, color="C3", label="choice (lowest tuning bpb)")
+    if numeric and all(x > 0 for x in xs) and max(xs) / min(xs) > 20:
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(xs, [str(x) for x in values])
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set_xlabel(field)
+    ax.set_ylabel("Δ bpb vs sliding, tuning stream")
+    ax.legend(fontsize=7)
+
+
+def _tick(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _sweep_heatmap(ax, grid: dict[str, list], deltas: list[tuple[dict, float]], choice: dict) -> None:
+    fields = list(grid)
+    rows, cols = grid[fields[0]], grid[fields[1]]
+    m = np.full((len(rows), len(cols)), np.nan)  # NaN: the setting diverged
+    for s, d in deltas:
+        if all(s[f] == choice[f] for f in fields[2:]):
+            m[rows.index(s[fields[0]]), cols.index(s[fields[1]])] = d
+    lim = max(abs(float(x)) for x in m.flatten() if x == x) if (m == m).any() else 1.0
+    im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    ax.figure.colorbar(im, ax=ax, label="Δ bpb vs sliding, tuning stream")
+    ax.set_xticks(range(len(cols)), [_tick(c) for c in cols])
+    ax.set_yticks(range(len(rows)), [_tick(r) for r in rows])
+    ax.set_xlabel(fields[1])
+    ax.set_ylabel(fields[0])
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            dark = m[i, j] == m[i, j] and abs(m[i, j]) > 0.6 * lim
+            ax.text(j, i, "diverged" if m[i, j] != m[i, j] else f"{m[i, j]:+.4f}", ha="center", va="center",
+                    fontsize=7, color="w" if dark else "k")
+    ax.plot(cols.index(choice[fields[1]]), rows.index(choice[fields[0]]), "s", ms=26, mfc="none", mec="C1", mew=2.5)

@@ -13,8 +13,7 @@ from __future__ import annotations
 import json
 import time
 import traceback
-import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import files
@@ -107,27 +106,23 @@ def _error_line(e: Exception) -> str:
     return f"{name}: {value[0] if value else ''}"[:500]
 
 
-def reproduce(profile: str, seeds: list[int], out: str | Path, overrides: list[str] = (),
-              seed_overrides: dict[int, list[str]] | None = None, figures: str | Path | None = None,
-              timeout: int = 3600, data_root: str = "data", fresh: bool = False, log=None) -> dict:
+def reproduce(asked: Reproduction, log=None) -> dict:
     """Run every seed (skipping identical complete ones, recording failures), then the report; return a summary.
 
     A complete seed whose config or artifact differs from the one asked for is refused, or, with
-    `fresh`, deleted and run again. Tables and figures go to `figures`, by default `<out>/figures`
-    (the README's first command names the project's `figures/` explicitly).
+    `asked.fresh`, deleted and run again. Tables and figures go to `asked.figures`, by default
+    `<out>/figures` (the README's first command names the project's `figures/` explicitly).
     """
-    from . import config, files
+    from . import config
 
     log = log or (lambda line: print(line, flush=True))  # flushed: a pipe or a log file sees each line as it comes
-    config.preset(profile)  # an unknown profile fails here, before any notebook starts
-    check_seeds(seeds, overrides, seed_overrides)
-    out = Path(out).resolve()
-    figures = Path(figures).resolve() if figures else out / "figures"
-    with files.lock_folder(out):
-        files.write_json(out / "reproduce.json", {"profile": profile, "seeds": list(seeds), "overrides": list(overrides),
-                                                   "seed_overrides": {str(k): v for k, v in (seed_overrides or {}).items()}})
-        return _reproduce(Reproduction(profile, list(seeds), out, list(overrides), dict(seed_overrides or {}), figures,
-                                       timeout, str(Path(data_root).resolve()), fresh, log))
+    config.preset(asked.profile)  # an unknown profile fails here, before any notebook starts
+    check_seeds(asked.seeds, asked.overrides, asked.seed_overrides)
+    r = asked.resolved()
+    with files.lock_folder(r.out):
+        files.write_json(r.out / "reproduce.json", {"profile": r.profile, "seeds": r.seeds, "overrides": r.overrides,
+                                                     "seed_overrides": {str(k): v for k, v in r.seed_overrides.items()}})
+        return _reproduce(r, log)
 
 
 def check_seeds(seeds: list[int], overrides=(), seed_overrides: dict | None = None) -> None:
@@ -149,49 +144,57 @@ def check_seeds(seeds: list[int], overrides=(), seed_overrides: dict | None = No
                              f"train the same model for every seed): use --seeds N")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Reproduction:
-    """What one `reproduce` call was asked for (`reproduce`'s arguments, resolved)."""
+    """What one reproduction is asked for: `python -m dyneval reproduce`'s options (or a test's)."""
 
-    profile: str
-    seeds: list
-    out: Path
-    overrides: list
-    seed_overrides: dict
-    figures: Path
-    timeout: int
-    data_root: str  # absolute
-    fresh: bool
-    log: typing.Callable
+    profile: str  # the config preset every seed starts from: smoke, gpu_smoke, record_1gpu, record
+    seeds: list[int]  # one run each, in <out>/seed<N>; distinct and non-negative (`check_seeds`)
+    out: str | Path  # the reproduction folder (locked while it runs)
+    overrides: list[str] = field(default_factory=list)  # FIELD=VALUE for every seed (`--set`)
+    seed_overrides: dict[int, list[str]] = field(default_factory=dict)  # FIELD=VALUE for one seed (`--seed-set`)
+    figures: str | Path | None = None  # where the report writes tables and figures; default <out>/figures
+    timeout: int = 3600  # seconds per notebook
+    data_root: str = "data"  # datasets/ and tokenizers/ live under it
+    fresh: bool = False  # run a complete seed whose config or artifact differs again from scratch (else refuse)
+
+    def resolved(self) -> Reproduction:
+        """The same request with absolute paths (the notebooks run with another working directory) and the
+        default figures folder filled in."""
+        out = Path(self.out).resolve()
+        return replace(self, seeds=list(self.seeds), out=out, overrides=list(self.overrides),
+                       seed_overrides=dict(self.seed_overrides),
+                       figures=Path(self.figures).resolve() if self.figures else out / "figures",
+                       data_root=str(Path(self.data_root).resolve()))
 
     def overrides_of(self, seed: int) -> list[str]:
         return list(self.overrides) + list(self.seed_overrides.get(seed, []))
 
     def seed_dir(self, seed: int) -> Path:
-        return self.out / f"seed{seed}"
+        return Path(self.out) / f"seed{seed}"
 
 
-def _reproduce(r: Reproduction) -> dict:
+def _reproduce(r: Reproduction, log) -> dict:
     stale = _stale_seeds(r)  # decided before running anything
     summary = {"done": [], "skipped": [], "failed": {}}
     seed_seconds: list[float] = []  # for the estimate of the time left, printed after each seed
     t_all = time.perf_counter()
     for i, seed in enumerate(r.seeds, 1):
-        seconds = _run_seed(r, i, seed, stale, summary)
+        seconds = _run_seed(r, seed, stale, summary, log)
         if seconds is None:
             continue
         seed_seconds.append(seconds)
         left = sum(1 for s in r.seeds[i:] if not seed_complete(r.seed_dir(s)) or s in stale)
         eta = f"; about {left * sum(seed_seconds) / len(seed_seconds) / 60:.0f} min for the {left} left" if left else ""
-        r.log(f"[{i}/{len(r.seeds)}] seed {seed} done in {seed_seconds[-1]:.0f} s{eta}")
-    r.log("report ...")
+        log(f"[{i}/{len(r.seeds)}] seed {seed} done in {seed_seconds[-1]:.0f} s{eta}")
+    log("report ...")
     try:
         run_notebook("05_report", r.out / "notebooks", {"runs_root": str(r.out), "figures_dir": str(r.figures)},
-                     r.timeout, r.log)
+                     r.timeout, log)
     except Exception as e:  # e.g. seeds that may not be averaged: the report's own one line
         raise ValueError(f"report: {_error_line(e)} (notebook {r.out / 'notebooks' / '05_report.ipynb'})") from None
     summary["seconds"] = time.perf_counter() - t_all
-    r.log(f"reproduce: {len(summary['done'])} run, {len(summary['skipped'])} skipped, {len(summary['failed'])} failed "
+    log(f"reproduce: {len(summary['done'])} run, {len(summary['skipped'])} skipped, {len(summary['failed'])} failed "
           f"in {summary['seconds']:.0f} s; tables and figures in {r.figures}")
     return summary
 
@@ -214,16 +217,16 @@ def _stale_seeds(r: Reproduction) -> dict[int, str]:
     return stale
 
 
-def _run_seed(r: Reproduction, i: int, seed: int, stale: dict, summary: dict) -> float | None:
+def _run_seed(r: Reproduction, seed: int, stale: dict, summary: dict, log) -> float | None:
     """Seed `seed`'s notebooks 01-04 into its folder; its seconds, or None when skipped or failed (recorded)."""
     import shutil
 
-    seed_dir, n = r.seed_dir(seed), len(r.seeds)
+    seed_dir, i, n = r.seed_dir(seed), r.seeds.index(seed) + 1, len(r.seeds)  # seeds are distinct (check_seeds)
     if seed in stale:
-        r.log(f"[{i}/{n}] seed {seed}: {stale[seed]}: --fresh: deleting {seed_dir} and running it again")
+        log(f"[{i}/{n}] seed {seed}: {stale[seed]}: --fresh: deleting {seed_dir} and running it again")
         shutil.rmtree(seed_dir)
     elif seed_complete(seed_dir):
-        r.log(f"[{i}/{n}] seed {seed}: complete, skipped")
+        log(f"[{i}/{n}] seed {seed}: complete, skipped")
         summary["skipped"].append(seed)
         return None
     failed = RunFolder(seed_dir).failed
@@ -232,18 +235,18 @@ def _run_seed(r: Reproduction, i: int, seed: int, stale: dict, summary: dict) ->
     over = r.overrides_of(seed)
     params = {"profile": r.profile, "seed": seed, "run_dir": str(seed_dir), "overrides": ", ".join(over),
               "data_root": r.data_root}
-    r.log(f"[{i}/{n}] seed {seed} -> {seed_dir}")
+    log(f"[{i}/{n}] seed {seed} -> {seed_dir}")
     t0 = time.perf_counter()
     try:
         for name in SEED_NOTEBOOKS:
-            run_notebook(name, seed_dir / "notebooks", params, r.timeout, r.log)
+            run_notebook(name, seed_dir / "notebooks", params, r.timeout, log)
     except Exception as e:  # a failed seed must not sink the others
         seed_dir.mkdir(parents=True, exist_ok=True)
         err = _error_line(e)
         files.write_json(failed, {"seed": seed, "error": err, "overrides": over,
                                   "traceback": traceback.format_exc()[-4000:]}, indent=1)
         summary["failed"][seed] = err
-        r.log(f"[{i}/{n}] seed {seed} FAILED: {err}")
+        log(f"[{i}/{n}] seed {seed} FAILED: {err}")
         return None
     summary["done"].append(seed)
     return time.perf_counter() - t0

@@ -10,7 +10,7 @@ follows validation's length policy: capped at `eval.max_val_tokens` and trimmed 
 
 Scoring is the evaluate stage's own: the registry's `Variant.run` through `variants.job_for`, so a swept
 variant runs exactly as `evaluate` runs it. Outputs in `--out`: `sweep_<variant>.json` (atomic) and a
-heatmap `sweep_<variant>.png`/`.svg` (a line plot for a one-field grid).
+heatmap `sweep_<variant>.png`/`.svg` (a line plot for a one-field grid) drawn by `figures.plot_sweep`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import adapt, data, distributed as dist_utils, files
+from . import adapt, data, distributed as dist_utils, figures, files
 from .adapt import Quirks
 from .config import EvalConfig, RunConfig
 from .evaluate import EvalResult, require_finite
@@ -114,7 +114,7 @@ def machine(device: torch.device) -> dict:
     return info
 
 
-class Scorer:
+class SweepScorer:
     """One variant scored on one artifact, on any stream, under any eval setting (the evaluate stage's code)."""
 
     def __init__(self, cfg: RunConfig, ck, lut, quirks: Quirks, backends: dict):
@@ -133,95 +133,145 @@ def _score_entry(res: EvalResult) -> dict:
     return {"bpb": res.bpb, "loss": res.loss, "seconds": res.seconds, "tokens": res.tokens, "bytes": res.bytes}
 
 
-def sweep(cfg: RunConfig, artifact: Path, variant: str, grid: dict[str, list], out: Path,
-          quirks: Quirks = Quirks(), device: str | None = None, run_dir: str | None = None, log=print) -> dict:
-    """Score every setting of `grid` for `variant` on the tuning stream, choose the lowest bpb, then score the
-    choice, the config's default and sliding once each on validation. Writes the JSON and the figure into `out`."""
+def _check_variant(variant: str) -> None:
     if variant not in VARIANTS:
         raise ValueError(f"--variant {variant!r}: unknown variant: choose from {', '.join(VARIANTS)}")
-    artifact = Path(artifact)
-    if not artifact.is_file():
-        raise FileNotFoundError(f"{artifact}: no artifact: train and export the run first (or give its run folder)")
-    out = Path(out)
-    ctx = dist_utils.init_context(device)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SweepRequest:
+    """One `python -m dyneval sweep` (or notebook 06) as asked for: a run folder, a variant, a grid."""
+
+    run_dir: str | Path  # a finished training run: its meta.json config and its latest artifact
+    variant: str  # the registry variant whose eval.* fields are tuned
+    grid: list[str] | str  # `FIELD=v1,v2,...` items, or one string of them joined by `;`
+    out: str | Path | None = None  # where the JSON and the figure go; default <run_dir>/sweep
+    overrides: tuple[str, ...] | list[str] = ()  # eval.* `FIELD=VALUE` for every setting (`--set`)
+    quirks: str = ""  # the run's quirks for its own variants, e.g. qat_on=0
+    device: str | None = None  # cpu or cuda; default cuda when available
+    root: str | Path | None = None  # relative data and tokenizer paths of the run's config are taken from it
+
+    def resolve(self) -> Sweep:
+        """The run's config (its meta.json, with `overrides`), its latest artifact, the grid parsed and checked;
+        with `root`, relative data paths from it (a notebook's working directory is not the project's)."""
+        from .config import is_run_overridable, resolve
+        from .runfolder import RunFolder
+        from .variants import parse_quirks
+
+        _check_variant(self.variant)
+        cfg = resolve(None, run_dir=str(self.run_dir), overrides=list(self.overrides),
+                      run_overridable=is_run_overridable).config
+        if self.root is not None:
+            cfg = cfg.with_overrides({f"train.{k}": str(Path(self.root) / getattr(cfg.train, k)) for k in
+                                      ("data_path", "tokenizer_path") if not Path(getattr(cfg.train, k)).is_absolute()})
+        items = self.grid
+        if isinstance(items, str):
+            items = [g for g in (t.strip() for t in items.split(";")) if g]
+        grid = parse_grid(list(items), cfg)
+        quirks = parse_quirks(self.quirks)
+        run = RunFolder(self.run_dir)
+        if not run.qat_flag_set():
+            quirks = dataclasses.replace(quirks, qat_on=False)  # as evaluate: no fake quantization the run never had
+        return Sweep(cfg=cfg, artifact=run.latest_artifact(), variant=self.variant, grid=grid,
+                     out=Path(self.out or Path(self.run_dir) / "sweep"), quirks=quirks, device=self.device,
+                     run_dir=str(self.run_dir))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Sweep:
+    """A sweep resolved: the artifact scored under `cfg`, the variant and its parsed grid, where results go."""
+
+    cfg: RunConfig  # the run's config; each setting of the grid overrides its eval.* fields
+    artifact: Path  # the int6 artifact every setting is scored on
+    variant: str
+    grid: dict[str, list]  # eval.* field -> values (`parse_grid`)
+    out: Path
+    quirks: Quirks = Quirks()
+    device: str | None = None
+    run_dir: str | None = None  # recorded in the JSON
+
+    def __post_init__(self):
+        object.__setattr__(self, "artifact", Path(self.artifact))  # a frozen dataclass: paths made Paths once
+        object.__setattr__(self, "out", Path(self.out))
+
+    @property
+    def default(self) -> dict:
+        """The setting the run's config holds now for the grid's fields."""
+        return {f: getattr(self.cfg.eval, f.split(".", 1)[1]) for f in self.grid}
+
+
+def run_sweep(request: SweepRequest, log=print) -> dict:
+    """`python -m dyneval sweep` and notebook 06: the request resolved (`SweepRequest.resolve`), then swept."""
+    return sweep(request.resolve(), log)
+
+
+def sweep(s: Sweep, log=print) -> dict:
+    """Score every setting of the grid for the variant on the tuning stream, choose the lowest bpb, then score
+    the choice, the config's default and sliding once each on validation. Writes the JSON and the figure."""
+    _check_variant(s.variant)
+    if not s.artifact.is_file():
+        raise FileNotFoundError(f"{s.artifact}: no artifact: train and export the run first (or give its run folder)")
+    ctx = dist_utils.init_context(s.device)
     if ctx.is_main:
-        files.output_folder(out)
-    backends = configure_backends(cfg, ctx.device)
-    lut, val, ck = evaluation_inputs(cfg, artifact, ctx.device)
-    tune, tune_desc = tune_tokens(cfg)
+        files.output_folder(s.out)
+    backends = configure_backends(s.cfg, ctx.device)
+    lut, val, ck = evaluation_inputs(s.cfg, s.artifact, ctx.device)
+    tune, tune_desc = tune_tokens(s.cfg)
     tune = tune.to(ctx.device)
-    score = Scorer(cfg, ck, lut, quirks, backends)
-    default = {f: getattr(cfg.eval, f.split(".", 1)[1]) for f in grid}
-    report = {"variant": variant, "run_dir": str(run_dir) if run_dir else None, "artifact": str(artifact),
-              "artifact_sha256": ck.sha256, "grid": grid, "default": default, "tune_stream": tune_desc,
-              "validation_stream": {"pattern": data.val_pattern(cfg.train.data_path), "targets": int(val.numel() - 1)},
-              "how": "every setting scored on the tuning stream; the lowest tuning bpb chosen; validation scored "
-                     "only afterwards, once for the choice, once for the default (the run's config) and once "
-                     "for sliding; validation never chose anything",
-              "machine": machine(ctx.device), "tuning": [], "sliding_tune": None}
-    json_path = out / f"sweep_{variant}.json"
+    score = SweepScorer(s.cfg, ck, lut, s.quirks, backends)
+    report = _report_head(s, ck.sha256, tune_desc, int(val.numel() - 1), machine(ctx.device))
+    json_path = s.out / f"sweep_{s.variant}.json"
     t0 = time.perf_counter()
     report["sliding_tune"] = _score_entry(score("sliding", tune, {}))
-    for i, setting in enumerate(settings_of(grid)):
+    settings = settings_of(s.grid)
+    for i, setting in enumerate(settings):
         try:
-            entry = {"setting": setting, **_score_entry(score(variant, tune, setting))}
+            entry = {"setting": setting, **_score_entry(score(s.variant, tune, setting))}
         except (adapt.DivergedError, ValueError) as e:  # a rate too large diverges: recorded, never chosen
             entry = {"setting": setting, "bpb": None, "error": str(e).splitlines()[0]}
         report["tuning"].append(entry)
         if ctx.is_main:
             files.write_json(json_path, report)  # nothing scored is lost
-        log(f"[{i + 1}/{len(settings_of(grid))}] tune {_label(setting)}: "
+        log(f"[{i + 1}/{len(settings)}] tune {_label(setting)}: "
             + (f"bpb {entry['bpb']:.5f}" if entry["bpb"] is not None else f"failed ({entry['error']})"))
     scored = [e for e in report["tuning"] if e["bpb"] is not None and math.isfinite(e["bpb"])]
     if not scored:
-        raise ValueError(f"{variant}: every setting of the grid failed on the tuning stream: try smaller rates")
+        raise ValueError(f"{s.variant}: every setting of the grid failed on the tuning stream: try smaller rates")
     best = min(scored, key=lambda e: e["bpb"])
     report["choice"] = {"setting": best["setting"], "tune_bpb": best["bpb"]}
-    val_choice = _score_entry(score(variant, val, best["setting"]))
-    val_default = val_choice if best["setting"] == default else _score_entry(score(variant, val, default))
-    val_sliding = _score_entry(score("sliding", val, {}))
-    report["validation"] = {
-        "choice": val_choice, "default": val_default, "sliding": val_sliding,
-        "choice_is_default": best["setting"] == default,
-        "delta_vs_sliding": {"choice": val_choice["bpb"] - val_sliding["bpb"],
-                             "default": val_default["bpb"] - val_sliding["bpb"]}}
+    report["validation"] = _validate(score, s, val, best["setting"])
     report["seconds"] = time.perf_counter() - t0
     if ctx.is_main:
         files.write_json(json_path, report)
-        report["figure"] = [str(p) for p in figure(report, out)]
+        report["figure"] = [str(p) for p in figure(report, s.out)]
         files.write_json(json_path, report)
-        log(f"{variant}: chose {_label(best['setting'])} (tune bpb {best['bpb']:.5f}); validation bpb "
-            f"{val_choice['bpb']:.5f} (default {_label(default)}: {val_default['bpb']:.5f}, sliding "
-            f"{val_sliding['bpb']:.5f}) -> {json_path}")
+        v = report["validation"]
+        log(f"{s.variant}: chose {_label(best['setting'])} (tune bpb {best['bpb']:.5f}); validation bpb "
+            f"{v['choice']['bpb']:.5f} (default {_label(s.default)}: {v['default']['bpb']:.5f}, sliding "
+            f"{v['sliding']['bpb']:.5f}) -> {json_path}")
     return report
 
 
-def run_sweep(run_dir: str | Path, variant: str, grid_items: list[str] | str, out: str | Path | None = None,
-              overrides: list[str] = (), quirks: str = "", device: str | None = None, root: str | Path | None = None,
-              log=print) -> dict:
-    """`python -m dyneval sweep` (and notebook 06): a run folder's config (its meta.json, with `overrides` of
-    eval.* fields), its latest artifact, the grid from `FIELD=v1,v2` items (or one string of them joined
-    by `;`), into `out` (default `<run_dir>/sweep`). With `root`, relative data and tokenizer paths of the
-    run's config are taken from it (a notebook's working directory is not the project's)."""
-    from .config import is_run_overridable, resolve
-    from .runfolder import RunFolder
-    from .variants import parse_quirks
+def _report_head(s: Sweep, artifact_sha256: str, tune_desc: dict, val_targets: int, machine_info: dict) -> dict:
+    """The sweep JSON before anything is scored: what is swept, on which streams, how, on which machine."""
+    return {"variant": s.variant, "run_dir": str(s.run_dir) if s.run_dir else None, "artifact": str(s.artifact),
+            "artifact_sha256": artifact_sha256, "grid": s.grid, "default": s.default, "tune_stream": tune_desc,
+            "validation_stream": {"pattern": data.val_pattern(s.cfg.train.data_path), "targets": val_targets},
+            "how": "every setting scored on the tuning stream; the lowest tuning bpb chosen; validation scored "
+                   "only afterwards, once for the choice, once for the default (the run's config) and once "
+                   "for sliding; validation never chose anything",
+            "machine": machine_info, "tuning": [], "sliding_tune": None}
 
-    if variant not in VARIANTS:
-        raise ValueError(f"--variant {variant!r}: unknown variant: choose from {', '.join(VARIANTS)}")
-    cfg = resolve(None, run_dir=str(run_dir), overrides=list(overrides), run_overridable=is_run_overridable).config
-    if root is not None:
-        cfg = cfg.with_overrides({f"train.{k}": str(Path(root) / getattr(cfg.train, k))
-                                  for k in ("data_path", "tokenizer_path") if not Path(getattr(cfg.train, k)).is_absolute()})
-    if isinstance(grid_items, str):
-        grid_items = [g for g in (t.strip() for t in grid_items.split(";")) if g]
-    grid = parse_grid(grid_items, cfg)
-    q = parse_quirks(quirks)
-    run = RunFolder(run_dir)
-    if not run.qat_flag_set():
-        q = dataclasses.replace(q, qat_on=False)  # as evaluate: no fake quantization the run never had
-    return sweep(cfg, run.latest_artifact(), variant, grid, Path(out or Path(run_dir) / "sweep"), q, device,
-                 str(run_dir), log)
+
+def _validate(score: SweepScorer, s: Sweep, val: torch.Tensor, choice: dict) -> dict:
+    """Validation, scored only after the choice: the choice, the default (once, when it is not the choice), sliding."""
+    val_choice = _score_entry(score(s.variant, val, choice))
+    val_default = val_choice if choice == s.default else _score_entry(score(s.variant, val, s.default))
+    val_sliding = _score_entry(score("sliding", val, {}))
+    return {"choice": val_choice, "default": val_default, "sliding": val_sliding,
+            "choice_is_default": choice == s.default,
+            "delta_vs_sliding": {"choice": val_choice["bpb"] - val_sliding["bpb"],
+                                 "default": val_default["bpb"] - val_sliding["bpb"]}}
 
 
 def _label(setting: dict) -> str:
@@ -229,76 +279,31 @@ def _label(setting: dict) -> str:
                      for k, v in setting.items())
 
 
-def _matrix(report: dict, fields: list[str]):
-    import numpy as np
-
-    rows, cols = report["grid"][fields[0]], report["grid"][fields[1]]
-    m = np.full((len(rows), len(cols)), np.nan)
-    for e in report["tuning"]:
-        s = e["setting"]
-        if e["bpb"] is not None and all(s[f] == report["choice"]["setting"][f] for f in fields[2:]):
-            m[rows.index(s[fields[0]]), cols.index(s[fields[1]])] = e["bpb"] - report["sliding_tune"]["bpb"]
-    return rows, cols, m
+def figure_data(report: dict) -> dict:
+    """What `figures.plot_sweep` draws from a sweep's report: each scored setting's tuning Δ bpb vs sliding,
+    the choice, and the title and note that carry the validation scores and the fields held fixed."""
+    base, v = report["sliding_tune"]["bpb"], report["validation"]
+    choice = report["choice"]["setting"]
+    fields = list(report["grid"])
+    title = (f"{report['variant']}: tuned on {report['tune_stream']['targets']:,} held-out tokens\n"
+             f"validation bpb {v['choice']['bpb']:.5f} (Δ {v['delta_vs_sliding']['choice']:+.5f}); "
+             f"default {v['default']['bpb']:.5f} (Δ {v['delta_vs_sliding']['default']:+.5f})")
+    note = "other fields at the choice: " + _label({f: choice[f] for f in fields[2:]}) if len(fields) > 2 else ""
+    return {"grid": report["grid"], "choice": choice, "title": title, "note": note,
+            "deltas": [(e["setting"], e["bpb"] - base) for e in report["tuning"] if e["bpb"] is not None]}
 
 
 def figure(report: dict, out: Path) -> list[Path]:
-    """Tuning Δ bpb vs sliding: a heatmap over the first two fields (the others at the choice), or a
-    line over a one-field grid; the choice marked; validation numbers in the title."""
+    """`sweep_<variant>.png/.svg` in `out`: `figures.plot_sweep` of the report (a heatmap over the first two
+    fields, a line over a one-field grid), in the sweep figure's style, outside pyplot (no backend switched)."""
     import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"svg.hashsalt": "dyneval", "font.size": 9})
-    fields = list(report["grid"])
-    choice = report["choice"]["setting"]
-    v = report["validation"]
-    fig, ax = plt.subplots(figsize=(5.6, 4.0))
-    if len(fields) == 1:
-        f = fields[0]
-        pts = [(e["setting"][f], e["bpb"] - report["sliding_tune"]["bpb"]) for e in report["tuning"] if e["bpb"] is not None]
-        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in pts)
-        xs = [x for x, _ in pts] if numeric else list(range(len(pts)))
-        ax.plot(xs, [d for _, d in pts], "o-", color="C0")
-        ax.plot([xs[[x for x, _ in pts].index(choice[f])]], [report["choice"]["tune_bpb"] - report["sliding_tune"]["bpb"]],
-                "*", ms=14, color="C3", label="choice (lowest tuning bpb)")
-        if numeric and all(x > 0 for x in xs) and max(xs) / min(xs) > 20:
-            ax.set_xscale("log")
-        if not numeric:
-            ax.set_xticks(xs, [str(x) for x, _ in pts])
-        ax.axhline(0, color="0.6", lw=0.8)
-        ax.set_xlabel(f)
-        ax.set_ylabel("Δ bpb vs sliding, tuning stream")
-        ax.legend(fontsize=7)
-    else:
-        rows, cols, m = _matrix(report, fields)
-        lim = max(abs(float(x)) for x in m.flatten() if x == x) if (m == m).any() else 1.0
-        im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-        fig.colorbar(im, ax=ax, label="Δ bpb vs sliding, tuning stream")
-        ax.set_xticks(range(len(cols)), [f"{c:g}" if isinstance(c, float) else str(c) for c in cols])
-        ax.set_yticks(range(len(rows)), [f"{r:g}" if isinstance(r, float) else str(r) for r in rows])
-        ax.set_xlabel(fields[1])
-        ax.set_ylabel(fields[0])
-        for i in range(len(rows)):
-            for j in range(len(cols)):
-                dark = m[i, j] == m[i, j] and abs(m[i, j]) > 0.6 * lim
-                ax.text(j, i, "diverged" if m[i, j] != m[i, j] else f"{m[i, j]:+.4f}", ha="center", va="center",
-                        fontsize=7, color="w" if dark else "k")
-        ax.plot(cols.index(choice[fields[1]]), rows.index(choice[fields[0]]), "s", ms=26, mfc="none", mec="C1", mew=2.5)
-        if len(fields) > 2:
-            ax.text(0, -0.18, "other fields at the choice: " + _label({f: choice[f] for f in fields[2:]}),
-                    transform=ax.transAxes, fontsize=7)
-    ax.set_title(f"{report['variant']}: tuned on {report['tune_stream']['targets']:,} held-out tokens\n"
-                 f"validation bpb {v['choice']['bpb']:.5f} (Δ {v['delta_vs_sliding']['choice']:+.5f}); "
-                 f"default {v['default']['bpb']:.5f} (Δ {v['delta_vs_sliding']['default']:+.5f})", fontsize=8)
-    fig.tight_layout()
-    name = f"sweep_{report['variant']}"
-    paths = [out / f"{name}.png", out / f"{name}.svg"]
-    for p, meta in zip(paths, [{"Software": None}, {"Date": None, "Creator": None}]):
-        with files.atomic_open(p) as fh:
-            fig.savefig(fh, format=p.suffix[1:], metadata=meta)
-    plt.close(fig)
-    return paths
+    with matplotlib.rc_context(figures.SWEEP_STYLE):
+        fig = Figure(figsize=(5.6, 4.0))
+        figures.plot_sweep(fig.subplots(), **figure_data(report))
+        fig.tight_layout()
+        return figures.save(fig, out, f"sweep_{report['variant']}")
 
 
 def summary_markdown(report: dict) -> str:

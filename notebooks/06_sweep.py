@@ -43,7 +43,8 @@ from dyneval import notebook, sweep
 
 run_dir = notebook.project_path(run_dir)  # relative paths from the project root, in JupyterLab and papermill alike
 folder = Path(notebook.project_path(out) if out else Path(run_dir) / "sweep")
-report = sweep.run_sweep(run_dir, variant, grids, folder, root=notebook.PROJECT_ROOT)
+report = sweep.run_sweep(sweep.SweepRequest(run_dir=run_dir, variant=variant, grid=grids, out=folder,
+                                             root=notebook.PROJECT_ROOT))
 display(Image(filename=str(folder / f"sweep_{variant}.png")))
 display(Markdown(sweep.summary_markdown(report)))
 

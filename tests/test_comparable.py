@@ -61,7 +61,8 @@ def test_reproduce_refuses_a_set_train_seed_before_running_anything(tmp_path, no
     from dyneval import reproduce
 
     with pytest.raises(ValueError, match="--seeds"):
-        reproduce.reproduce("smoke", [1, 2], tmp_path / "out", sets, seed_sets, log=lambda *_: None)
+        reproduce.reproduce(reproduce.Reproduction(profile="smoke", seeds=[1, 2], out=tmp_path / "out", overrides=sets,
+                                                   seed_overrides=seed_sets), log=lambda *_: None)
     assert notebooks_recorded == []
 
 
@@ -70,7 +71,8 @@ def test_reproduce_refuses_negative_and_repeated_seeds(tmp_path, notebooks_recor
 
     for seeds in ([-1], [3, 3]):
         with pytest.raises(ValueError, match="--seeds"):
-            reproduce.reproduce("smoke", seeds, tmp_path / "out", log=lambda *_: None)
+            reproduce.reproduce(reproduce.Reproduction(profile="smoke", seeds=seeds, out=tmp_path / "out"),
+                                log=lambda *_: None)
     assert notebooks_recorded == []
 
 

@@ -60,10 +60,12 @@ QUICK = ["model.num_layers=3", "model.model_dim=64", "model.num_heads=2", "model
 
 
 def test_smoke_reproduction_through_papermill_survives_a_failed_seed_and_reports_finite_numbers(corpus_root, tmp_path):
-    from dyneval.reproduce import reproduce
+    from dyneval.reproduce import Reproduction, reproduce
     out, figs = tmp_path / "runs", tmp_path / "figures"
-    s = reproduce("smoke", [42, 7], out, QUICK, {7: ["train.iterations=abc"]}, figs, timeout=900,
-                  data_root=str(corpus_root), log=lambda *_: None)
+    asked = Reproduction(profile="smoke", seeds=[42, 7], out=out, overrides=QUICK,
+                         seed_overrides={7: ["train.iterations=abc"]}, figures=figs, timeout=900,
+                         data_root=str(corpus_root))
+    s = reproduce(asked, log=lambda *_: None)
     assert s["done"] == [42] and list(s["failed"]) == [7] and "not a valid int" in s["failed"][7]
     assert (out / "seed42" / "notebooks" / "04_evaluate.ipynb").is_file()
     assert (out / "seed7" / "FAILED.json").is_file() and (out / "seed7" / "notebooks" / "01_data.ipynb").is_file()
@@ -80,8 +82,7 @@ def test_smoke_reproduction_through_papermill_survives_a_failed_seed_and_reports
     svg = (figs / "cumulative_bpb.svg").read_text()
     assert "<dc:date>" not in svg
     # a second call skips the complete seed and runs only the failed one again
-    again = reproduce("smoke", [42, 7], out, QUICK, {7: ["train.iterations=abc"]}, figs, timeout=900,
-                      data_root=str(corpus_root), log=lambda *_: None)
+    again = reproduce(asked, log=lambda *_: None)
     assert again["skipped"] == [42] and list(again["failed"]) == [7]
 
 

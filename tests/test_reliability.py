@@ -147,9 +147,11 @@ def test_torchrun_hands_every_dyneval_option_through_to_the_command():
             assert args.training_script_args == tail, (opt, command)
 
 
-def _readme_torchrun_lines():
-    text = (REPO / "README.md").read_text()
+def _documented_torchrun_lines():
+    """The torchrun command lines of the README and of the GPU guide it links (docs/GPU.md), in order, once each."""
+    text = "\n".join((REPO / page).read_text() for page in ("README.md", "docs/GPU.md"))
     lines = [m.group(0).strip("`") for m in re.finditer(r"`?torchrun [^`\n]+", text) if " -m dyneval " in m.group(0)]
+    lines = list(dict.fromkeys(lines))
     assert len(lines) >= 3, lines  # train, evaluate, and the two-node train
     return lines
 
@@ -162,13 +164,14 @@ def _free_port():
     return port
 
 
-def test_every_torchrun_command_line_of_the_readme_runs_under_gloo_with_two_processes(tmp_path, quick_cfg):
+def test_every_torchrun_command_line_of_the_readme_and_the_gpu_guide_runs_under_gloo_with_two_processes(tmp_path,
+                                                                                                         quick_cfg):
     """Each line as written, launched in a scratch folder: 8 GPUs become 2 processes, 2 nodes x 4 become 2 x 1,
     HOST becomes loopback, and `--config` (which a profile gives way to) makes the model tiny."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     quick_json = tmp_path / "quick.json"
     quick_json.write_text(json.dumps(quick_cfg.to_dict()))
-    for line in _readme_torchrun_lines():
+    for line in _documented_torchrun_lines():
         words = line.split()
         nodes = next((int(w.split("=")[1]) for w in words if w.startswith("--nnodes=")), 1)
         port = _free_port()
@@ -259,20 +262,25 @@ def notebooks_recorded(monkeypatch):
     return ran
 
 
+def asked_for(tmp_path, *overrides, fresh=False):
+    """The reproduction these tests ask for: the smoke profile's seed 42 into `<tmp_path>/out`."""
+    from dyneval.reproduce import Reproduction
+
+    return Reproduction(profile="smoke", seeds=[42], out=tmp_path / "out", overrides=list(overrides),
+                        data_root=str(tmp_path / "data"), fresh=fresh)
+
+
 def test_reproduce_skips_a_complete_seed_only_when_config_and_artifact_are_identical(tmp_path, notebooks_recorded):
     from dyneval import reproduce
 
     seed_dir = _complete_seed(tmp_path / "out", tmp_path / "data", "train.iterations=7")
-    s = reproduce.reproduce("smoke", [42], tmp_path / "out", ["train.iterations=7"], data_root=str(tmp_path / "data"),
-                            log=lambda *_: None)
+    s = reproduce.reproduce(asked_for(tmp_path, "train.iterations=7"), log=lambda *_: None)
     assert s["skipped"] == [42] and notebooks_recorded == ["05_report"]
     with pytest.raises(ValueError, match=r"seed 42: .*seed42 .*train.iterations.*--fresh"):
-        reproduce.reproduce("smoke", [42], tmp_path / "out", ["train.iterations=9"], data_root=str(tmp_path / "data"),
-                            log=lambda *_: None)
+        reproduce.reproduce(asked_for(tmp_path, "train.iterations=9"), log=lambda *_: None)
     (seed_dir / "final_model.int6.ptz").write_bytes(b"another artifact")
     with pytest.raises(ValueError, match=r"seed 42: .*artifact"):
-        reproduce.reproduce("smoke", [42], tmp_path / "out", ["train.iterations=7"], data_root=str(tmp_path / "data"),
-                            log=lambda *_: None)
+        reproduce.reproduce(asked_for(tmp_path, "train.iterations=7"), log=lambda *_: None)
 
 
 def test_reproduce_with_fresh_runs_a_seed_whose_config_differs_again_from_scratch(tmp_path, notebooks_recorded):
@@ -280,8 +288,7 @@ def test_reproduce_with_fresh_runs_a_seed_whose_config_differs_again_from_scratc
 
     seed_dir = _complete_seed(tmp_path / "out", tmp_path / "data", "train.iterations=7")
     log = []
-    s = reproduce.reproduce("smoke", [42], tmp_path / "out", ["train.iterations=9"], data_root=str(tmp_path / "data"),
-                            fresh=True, log=log.append)
+    s = reproduce.reproduce(asked_for(tmp_path, "train.iterations=9", fresh=True), log=log.append)
     assert s["done"] == [42] and notebooks_recorded[:4] == ["01_data", "02_train", "03_quantize", "04_evaluate"]
     assert not (seed_dir / "meta.json").exists() and any("fresh" in line for line in log)
 
@@ -416,7 +423,7 @@ def test_a_second_reproduce_on_a_locked_folder_is_refused(tmp_path, notebooks_re
     held = _hold_lock(tmp_path / "out")
     try:
         with pytest.raises(ValueError, match="another"):
-            reproduce.reproduce("smoke", [42], tmp_path / "out", data_root=str(tmp_path / "data"), log=lambda *_: None)
+            reproduce.reproduce(asked_for(tmp_path), log=lambda *_: None)
         assert notebooks_recorded == []
     finally:
         held.close()

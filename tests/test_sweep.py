@@ -210,3 +210,63 @@ def test_settings_are_the_cartesian_product_first_field_slowest():
     grid = sweep.parse_grid(["tail_lr=1,2", "eval.tail_subset=all,mlp,all"], preset("smoke"))
     assert grid == {"eval.tail_lr": [1.0, 2.0], "eval.tail_subset": ["all", "mlp"]}
     assert sweep.settings_of(grid)[1] == {"eval.tail_lr": 1.0, "eval.tail_subset": "mlp"} and len(sweep.settings_of(grid)) == 4
+
+
+# ----------------------------------------------------------------------------------------------
+# The sweep's figure: data from the report (sweep.figure_data), drawn by figures.plot_sweep
+
+def sweep_report(grid: dict, bpbs: list, choice: int) -> dict:
+    """A finished sweep's report as `sweep` writes it: one tuning entry per setting (None: diverged)."""
+    from dyneval import sweep
+
+    tuning = [{"setting": s, "bpb": b} if b is not None else {"setting": s, "bpb": None, "error": "diverged"}
+              for s, b in zip(sweep.settings_of(grid), bpbs)]
+    score = {"bpb": 2.0}
+    return {"variant": "dynamic_krause", "grid": grid, "tuning": tuning, "sliding_tune": {"bpb": 2.1},
+            "choice": {"setting": tuning[choice]["setting"], "tune_bpb": bpbs[choice]},
+            "tune_stream": {"targets": 2048}, "default": tuning[0]["setting"],
+            "validation": {"choice": score, "default": score, "delta_vs_sliding": {"choice": -0.1, "default": -0.1}}}
+
+
+def test_the_sweep_heatmap_is_drawn_on_the_axes_given_with_a_diverged_cell_written_out():
+    from matplotlib.figure import Figure
+
+    from dyneval import figures, sweep
+
+    rep = sweep_report({"eval.krause_lr": [1e-4, 1e-3], "eval.krause_decay": [0.0, 0.01]}, [2.05, None, 2.0, 2.2], 2)
+    ax = Figure().subplots()
+    figures.plot_sweep(ax, **sweep.figure_data(rep))
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["-0.0500", "diverged", "-0.1000", "+0.1000"]
+    assert ax.get_xlabel() == "eval.krause_decay" and ax.get_ylabel() == "eval.krause_lr"
+    assert ax.lines[-1].get_xydata().tolist() == [[0.0, 1.0]]  # the choice framed: column 0, row 1
+    assert "tuned on 2,048 held-out tokens" in ax.get_title()
+
+
+def test_the_sweep_line_leaves_a_diverged_setting_out_and_marks_the_choice():
+    from matplotlib.figure import Figure
+
+    from dyneval import figures, sweep
+
+    rep = sweep_report({"eval.tail_lr": [0.01, 0.1, 1.0]}, [2.0, 2.05, None], 0)
+    ax = Figure().subplots()
+    figures.plot_sweep(ax, **sweep.figure_data(rep))
+    line, star = ax.lines[:2]
+    assert line.get_xdata().tolist() == [0.01, 0.1] and star.get_xydata().tolist() == [[0.01, 2.0 - 2.1]]
+    assert ax.get_xscale() == "linear"  # 0.01 to 0.1 spans 10x, not more than 20x
+
+
+def test_writing_the_sweep_figure_leaves_the_matplotlib_backend_and_style_as_they_were(tmp_path):
+    """The old figure switched pyplot to Agg and set the global font size: a notebook's inline plots after a
+    sweep stopped showing. It now draws outside pyplot, under a style scoped to the figure."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys, matplotlib; matplotlib.use('svg'); from dyneval import sweep; "
+            "rep = json.loads(sys.argv[1]); sweep.figure(rep, __import__('pathlib').Path(sys.argv[2])); "
+            "print(matplotlib.get_backend(), matplotlib.rcParams['font.size'])")
+    rep = sweep_report({"eval.tail_lr": [0.01, 0.1]}, [2.0, 2.05], 0)
+    r = subprocess.run([sys.executable, "-c", code, json.dumps(rep), str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["svg", "10.0"]
+    assert (tmp_path / "sweep_dynamic_krause.png").stat().st_size > 1000 and (tmp_path / "sweep_dynamic_krause.svg").is_file()
