@@ -70,16 +70,55 @@ def compute(directory: str | Path, keys=ALL_KEYS, sample_index: dict | None = No
     """
     torch.set_num_threads(min(torch.get_num_threads(), 2))  # the fixtures were made with 2 threads
     fx = Fixture(directory)
+    want = set(keys).__contains__
+    out = {**_stream_entries(fx, want), **_scoring_entries(fx, want), **_artifact_entries(fx, want)}
+    if want("train_losses_3_steps_from_trained") or want("params_after_3_steps"):
+        losses, params = three_steps(fx)
+        out["train_losses_3_steps_from_trained"] = losses
+        out["params_after_3_steps"] = {}
+        for name, p in params.items():
+            flat = p.double().flatten()
+            idx = (sample_index or {}).get(name) or np.linspace(0, flat.numel() - 1, min(8, flat.numel())).astype(int).tolist()
+            out["params_after_3_steps"][name] = {"sum": float(flat.sum()), "abs_sum": float(flat.abs().sum()),
+                                                 "index": list(idx), "value": flat[idx].tolist()}
+    return {k: out[k] for k in keys if k in out}
+
+
+def _scorers(fx: "Fixture") -> tuple[evaluate.Scorer, evaluate.Scorer]:
+    """The fixture's stream as the run scored it: sliding windows (stride, batch_seqs), and the non-overlapping
+    sequences of its eval_val (batch from val_batch_size_tokens)."""
     s, L = fx.settings, fx.L
-    stride, bseq = int(s["stride"]), int(s["batch_seqs"])
+    bseq = int(s["batch_seqs"])
     val_bseq = max(1, int(s.get("val_batch_size_tokens", L * bseq)) // L)
-    lr, every, t = float(s["dyneval_lr"]), int(s["adapt_every"]), s["ttt"]
+    return (evaluate.Scorer(fx.val, fx.lut, Scoring(seq_len=L, stride=int(s["stride"]), batch_seqs=bseq)),
+            evaluate.Scorer(fx.val, fx.lut, Scoring(seq_len=L, stride=L, batch_seqs=val_bseq)))
+
+
+def _stream_entries(fx: "Fixture", want) -> dict:
+    """The token and byte counts, and the first window's forward."""
+    out, L = {}, fx.L
+    if want("val_tokens_used"):
+        out["val_tokens_used"] = int(fx.val.numel())
+    if want("byte_count_val"):
+        out["byte_count_val"] = data.count_bytes(fx.val, fx.lut)
+    if want("forward_loss_first_window") or want("first_window_nll"):
+        m = fx.model().eval()
+        with torch.no_grad():
+            x, y = fx.val[:L][None], fx.val[1: L + 1][None]
+            out["forward_loss_first_window"] = m(x, y).item()
+            out["first_window_nll"] = m.token_nll(x, y)[0].tolist()
+    return out
+
+
+def _scoring_entries(fx: "Fixture", want) -> dict:
+    """(loss, bpb) of the run's scoring passes on the trained weights: non-overlapping, sliding, dynamic eval,
+    pre-eval TTT before each, and the QAT flag left on."""
+    s, t = fx.settings, fx.settings["ttt"]
     pair = lambda r: [r.loss, r.bpb]  # noqa: E731
-    dyn = DynamicSettings(lr=lr, adapt_every=every)
+    dyn = DynamicSettings(lr=float(s["dyneval_lr"]), adapt_every=int(s["adapt_every"]))
     ttt_settings = TTTSettings(lr=float(t["lr"]), momentum=float(t["momentum"]), epochs=int(t["epochs"]),
                                batch_seqs=int(t["batch_seqs"]), freeze_blocks=int(t["freeze_blocks"]), grad_clip=1.0)
-    windows = evaluate.Scorer(fx.val, fx.lut, Scoring(seq_len=L, stride=stride, batch_seqs=bseq))
-    sequences = evaluate.Scorer(fx.val, fx.lut, Scoring(seq_len=L, stride=L, batch_seqs=val_bseq))
+    windows, sequences = _scorers(fx)
     nonoverlap = lambda m: pair(evaluate.evaluate_nonoverlap(m, sequences))  # noqa: E731
     sliding = lambda m: pair(evaluate.evaluate_sliding(m, windows))  # noqa: E731
     dynamic = lambda m: pair(adapt.adapt_dynamic(m, windows, dyn))  # noqa: E731
@@ -91,18 +130,7 @@ def compute(directory: str | Path, keys=ALL_KEYS, sample_index: dict | None = No
     def qat_on(m):  # the run's late-QAT flag, still on after training
         return set_numerics(m, qat=True)
 
-    out: dict = {}
-    want = set(keys).__contains__
-    if want("val_tokens_used"):
-        out["val_tokens_used"] = int(fx.val.numel())
-    if want("byte_count_val"):
-        out["byte_count_val"] = data.count_bytes(fx.val, fx.lut)
-    if want("forward_loss_first_window") or want("first_window_nll"):
-        m = fx.model().eval()
-        with torch.no_grad():
-            x, y = fx.val[:L][None], fx.val[1: L + 1][None]
-            out["forward_loss_first_window"] = m(x, y).item()
-            out["first_window_nll"] = m.token_nll(x, y)[0].tolist()
+    out = {}
     if want("eval_val"):
         out["eval_val"] = nonoverlap(fx.model())
     if want("eval_val_sliding"):
@@ -119,25 +147,23 @@ def compute(directory: str | Path, keys=ALL_KEYS, sample_index: dict | None = No
         out["qat_flag_on_dynamic"] = dynamic(qat_on(fx.model()))
     if want("qat_flag_on_pre_eval_ttt_then_eval_val"):
         out["qat_flag_on_pre_eval_ttt_then_eval_val"] = nonoverlap(ttt(qat_on(fx.model())))
+    return out
+
+
+def _artifact_entries(fx: "Fixture", want) -> dict:
+    """The quantizer's output and the scores of the fixture's own artifact, dequantized."""
+    out = {}
     if want("quant_meta") or want("quant_sha256"):
         tensors, meta = quant.quantize_state_dict(fx.state)
         out["quant_meta"] = {k: (v if isinstance(v, str) else v["type"]) for k, v in meta.items()}
         out["quant_sha256"] = {k: hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest()
                                for k, v in tensors.items()}
     if want("roundtrip_eval_val") or want("roundtrip_sliding"):
+        windows, sequences = _scorers(fx)
         deq = quant.load_artifact(fx.dir / "final_model.int6.ptz", fx.model().state_dict())
-        out["roundtrip_eval_val"] = nonoverlap(fx.model(deq))
-        out["roundtrip_sliding"] = sliding(fx.model(deq))
-    if want("train_losses_3_steps_from_trained") or want("params_after_3_steps"):
-        losses, params = three_steps(fx)
-        out["train_losses_3_steps_from_trained"] = losses
-        out["params_after_3_steps"] = {}
-        for name, p in params.items():
-            flat = p.double().flatten()
-            idx = (sample_index or {}).get(name) or np.linspace(0, flat.numel() - 1, min(8, flat.numel())).astype(int).tolist()
-            out["params_after_3_steps"][name] = {"sum": float(flat.sum()), "abs_sum": float(flat.abs().sum()),
-                                                 "index": list(idx), "value": flat[idx].tolist()}
-    return {k: out[k] for k in keys if k in out}
+        out["roundtrip_eval_val"] = [(r := evaluate.evaluate_nonoverlap(fx.model(deq), sequences)).loss, r.bpb]
+        out["roundtrip_sliding"] = [(r := evaluate.evaluate_sliding(fx.model(deq), windows)).loss, r.bpb]
+    return out
 
 
 class Report:

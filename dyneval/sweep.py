@@ -28,8 +28,7 @@ from . import adapt, data, distributed as dist_utils, figures, files
 from .adapt import Quirks
 from .config import EvalConfig, RunConfig
 from .evaluate import EvalResult, require_finite
-from .model import configure_backends
-from .variants import VARIANTS, default_ranks, evaluation_inputs, job_for
+from .variants import VARIANTS, EvalInputs, default_ranks, evaluation_inputs, job_for
 
 EVAL_FIELDS = {f.name: f.type for f in dataclasses.fields(EvalConfig)}
 
@@ -117,15 +116,15 @@ def machine(device: torch.device) -> dict:
 class SweepScorer:
     """One variant scored on one artifact, on any stream, under any eval setting (the evaluate stage's code)."""
 
-    def __init__(self, cfg: RunConfig, ck, lut, quirks: Quirks, backends: dict):
-        self.cfg, self.ck, self.lut, self.quirks, self.backends = cfg, ck, lut, quirks, backends
+    def __init__(self, cfg: RunConfig, inputs: EvalInputs, quirks: Quirks):
+        self.cfg, self.inputs, self.quirks = cfg, inputs, quirks
 
     def __call__(self, variant: str, tokens: torch.Tensor, setting: dict) -> EvalResult:
         cfg = self.cfg.with_overrides(setting) if setting else self.cfg
         v = VARIANTS[variant]
-        job = job_for(v, cfg, self.ck, tokens, self.lut, self.quirks, default_ranks(cfg, None), self.backends, {})
+        job = job_for(v, cfg, self.inputs.on(tokens), self.quirks, default_ranks(cfg, None), {})
         res, _ = v.run(job)
-        require_finite(str(self.ck.artifact), res)
+        require_finite(str(self.inputs.weights.artifact), res)
         return res
 
 
@@ -214,12 +213,12 @@ def sweep(s: Sweep, log=print) -> dict:
     ctx = dist_utils.init_context(s.device)
     if ctx.is_main:
         files.output_folder(s.out)
-    backends = configure_backends(s.cfg, ctx.device)
-    lut, val, ck = evaluation_inputs(s.cfg, s.artifact, ctx.device)
+    inputs = evaluation_inputs(s.cfg, s.artifact, ctx.device)
+    val = inputs.tokens
     tune, tune_desc = tune_tokens(s.cfg)
     tune = tune.to(ctx.device)
-    score = SweepScorer(s.cfg, ck, lut, s.quirks, backends)
-    report = _report_head(s, ck.sha256, tune_desc, int(val.numel() - 1), machine(ctx.device))
+    score = SweepScorer(s.cfg, inputs, s.quirks)
+    report = _report_head(s, inputs.weights.sha256, tune_desc, int(val.numel() - 1), machine(ctx.device))
     json_path = s.out / f"sweep_{s.variant}.json"
     t0 = time.perf_counter()
     report["sliding_tune"] = _score_entry(score("sliding", tune, {}))
