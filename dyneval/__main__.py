@@ -72,12 +72,17 @@ def config_args(q, run_dir: bool = False) -> None:
     q.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
 
 
+def artifact_args(p, verb: str) -> None:
+    """What the commands that score an artifact share: the config (or run folder), the artifact, data, tokenizer."""
+    config_args(p, run_dir=True)
+    p.add_argument("--artifact", help=f"an int6 artifact (.ptz) {verb} with the --profile/--config model")
+    p.add_argument("--data", help="dataset folder (same as --set train.data_path=...)")
+    p.add_argument("--tokenizer", help="tokenizer (same as --set train.tokenizer_path=...)")
+
+
 def add_legality_command(sub) -> None:
     lg = sub.add_parser("legality", help="the prefix-invariance check of any variant, yours included (--plugin)")
-    config_args(lg, run_dir=True)
-    lg.add_argument("--artifact", help="an int6 artifact (.ptz) checked with the --profile/--config model")
-    lg.add_argument("--data", help="dataset folder (same as --set train.data_path=...)")
-    lg.add_argument("--tokenizer", help="tokenizer (same as --set train.tokenizer_path=...)")
+    artifact_args(lg, "checked")
     lg.add_argument("--variants", help="comma-separated registry and plugin names, or `all` "
                                        "(default: the plugins' variants when --plugin is given, else all)")
     lg.add_argument("--plugin", action="append", metavar="FILE",
@@ -122,10 +127,7 @@ def add_export_command(sub) -> None:
 
 def add_evaluate_command(sub) -> None:
     ev = sub.add_parser("evaluate", help="score adaptation variants on one checkpoint's artifact")
-    config_args(ev, run_dir=True)
-    ev.add_argument("--artifact", help="an int6 artifact (.ptz) scored with the --profile/--config model")
-    ev.add_argument("--data", help="dataset folder (same as --set train.data_path=...)")
-    ev.add_argument("--tokenizer", help="tokenizer (same as --set train.tokenizer_path=...)")
+    artifact_args(ev, "scored")
     ev.add_argument("--variants", default="nonoverlap,sliding", help="comma-separated; `all` for every variant")
     ev.add_argument("--quirks", help="the run's quirks for its own variants, e.g. qat_on=0,bf16_tables=0,rank_local=0")
     ev.add_argument("--virtual-ranks", type=positive_int, help="emulate K ranks (default: the profile's eval.ranks)")
