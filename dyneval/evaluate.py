@@ -1,9 +1,11 @@
 """Evaluation: the run's scoring passes as pure functions sharing one result type.
 
 Owns the window plans (non-overlapping and sliding, docs/NUMERICS.md 'Scoring'), batched scoring with
-vectorised byte accounting, the per-window stream, and the reduction of sums across ranks. The
-adaptation passes (`adapt.py`) reuse `score_batch` and the plans so that every variant scores the same
-tokens with the same arithmetic.
+vectorised byte accounting, the per-window stream, and the reduction of sums across ranks. Every pass
+takes one `Scorer` (what is scored -- the stream and its byte LUT --, in which windows, on which ranks,
+under which autocast), and every pass splits its windows over ranks in one loop (`score_copies`). The
+adaptation passes (`adapt.py`, `doc_ttt.py`) reuse the Scorer's batches and scoring so that every variant
+scores the same tokens with the same arithmetic.
 
 Token conventions: `tokens` is the trimmed validation stream of N+1 tokens; target i is tokens[i+1]
 predicted from tokens[: i+1]. A window starting at `start` with length `wlen` feeds inputs
