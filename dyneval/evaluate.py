@@ -178,7 +178,7 @@ def compiled(model, enabled):
     return torch.compile(model, dynamic=False) if enabled else model
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: compared by identity
 class Scorer:
     """What is scored, how, and on which ranks: the one argument every scoring and adaptation pass shares.
 

@@ -62,7 +62,7 @@ class DequantizedArtifact:
                                   source=str(self.artifact))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: compared by identity
 class EvalInputs:
     """What every variant of one call scores with: the artifact's dequantized weights, the stream and its byte
     LUT on the device, and the backends set up for it (`model.configure_backends`' record: expand_kv etc.)."""
