@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -110,6 +111,7 @@ def adapt_dynamic(model: GPT, sc: Scorer, dyn: DynamicSettings, *, compile=False
     run's quirk: its class-wide flag stayed on after training).
     `compile` (True, or a `graphs.Region` that counts its graphs): the scoring forward and the step run
     through torch.compile -- the run scored uncompiled; the math is the same, only the kernels are fused.
+    Without virtual ranks `model` itself is the copy: it is adapted in place (give each pass fresh weights).
     """
     @contextlib.contextmanager
     def train_mode(m, _):
@@ -147,10 +149,8 @@ def _lockstep_sgd_epochs(pairs: list[tuple[GPT, Windows]], sc: Scorer, learners:
     device = learners[id(models[0])].params[0].device
     steps = max((len(w) + ttt.batch_seqs - 1) // ttt.batch_seqs for _, w in pairs) if pairs else 0
     steps = int(dist_utils.max_over_ranks(steps))  # every process takes the same number of steps
-    for m in models:
-        m.train()
-    for epoch in range(ttt.epochs):
-        for i in range(steps):
+    with _train_mode(models):
+        for epoch, i in itertools.product(range(ttt.epochs), range(steps)):
             for m in models:
                 _zero_grads(learners[id(m)])
             for m, w in pairs:
@@ -167,6 +167,15 @@ def _lockstep_sgd_epochs(pairs: list[tuple[GPT, Windows]], sc: Scorer, learners:
                 if ttt.grad_clip:
                     torch.nn.utils.clip_grad_norm_(learners[id(m)].params, ttt.grad_clip)
                 learners[id(m)].opt.step()
+
+
+@contextlib.contextmanager
+def _train_mode(models: list[GPT]):
+    """Every model in train mode inside the block; each back in its own mode after it."""
+    with contextlib.ExitStack() as stack:
+        for m in models:
+            stack.enter_context(model_mode(m, training=True))
+        yield
 
 
 def _zero_grads(learner: Learner) -> None:
@@ -230,7 +239,7 @@ def score_first_ttt(model: GPT, sc: Scorer, sf: ScoreFirstSettings, *, dynamic: 
     first scored target. Chunk c's windows are scored (eval mode, split across ranks, no gradients);
     then, except after the last chunk, `epochs` of SGD with momentum on the targets scored so far in
     chunk c (never past the scored prefix), as `seq_len` sequences split across ranks, gradients
-    averaged so every rank applies the same update, lr = lr * cosine decay over chunks, clip 1.0.
+    averaged so every rank applies the same update, lr = lr * cosine decay over chunks, clip `grad_clip`.
     `dynamic`: also take the run's dynamic-eval step while scoring (legal). Those steps are
     rank-local, so then every rank keeps its own copy of the weights (one per virtual rank), as
     the GPUs of a real run would; without it all ranks hold the same weights and share one model.
@@ -356,13 +365,16 @@ class TailUpdate:
     (`subset`), stepped by plain SGD or Krause's rule, written back in the model's own dtype."""
 
     def __init__(self, m: GPT, tail: TailSettings | KrauseSettings, rms_stats: dict | None, name: str):
+        krause = isinstance(tail, KrauseSettings)
+        if krause and tail.subset == "lora":
+            raise ValueError(f"{name}: Krause statistics do not cover low-rank adapters: use plain SGD with lora")
+        if krause != (rms_stats is not None):
+            raise ValueError(f"{name}: Krause's update needs the gradient statistics (rms_stats), plain SGD none")
         self.lr = tail.lr
-        self.decay = tail.decay if isinstance(tail, KrauseSettings) else 0.0
+        self.decay = tail.decay if krause else 0.0
         keep = PARAM_SUBSETS[tail.subset]
         if tail.subset == "lora":
-            if rms_stats is not None:
-                raise ValueError(f"{name}: Krause statistics do not cover low-rank adapters: use plain SGD with lora")
-            add_low_rank_adapters(m, tail.lora_rank if isinstance(tail, TailSettings) else 0)
+            add_low_rank_adapters(m, tail.lora_rank)
         self.named = [(n, p) for n, p in m.named_parameters() if keep(n)]
         for n, p in m.named_parameters():
             p.requires_grad_(keep(n))
@@ -411,6 +423,8 @@ def adapt_dynamic_tail(model: GPT, sc: Scorer, tail: TailSettings | KrauseSettin
     decay·d·(θ0 − θ), d = MS/mean(MS) clipped at 1/decay, with MS the per-parameter gradient RMS
     measured on training batches -- the update normalised per parameter, pulled back toward the
     trained weights so that a long stream does not drift.
+    Without virtual ranks `model` itself is the copy: it is adapted in place, and with `subset="lora"` its
+    adapters stay attached (give each pass fresh weights).
     """
     @contextlib.contextmanager
     def tail_steps(m, mine: Windows):

@@ -48,6 +48,9 @@ from .evaluate import (EvalResult, Scorer, Windows, concat_streams, evaluate_win
 from .model import GPT, bf16_autocast
 
 
+ORDERS = ("stream", "field")  # `batches_in_order`: stream order (prefix-invariant), or the records' length order
+
+
 @dataclass(frozen=True)
 class DocTTT:
     """What a per-document TTT pass does: the documents' adapters, the phased global SGD (None: no phases), and
@@ -56,6 +59,10 @@ class DocTTT:
     lora: DocLoRASettings
     phases: GlobalSGDSettings | None = None
     order: str = "stream"
+
+    def __post_init__(self):
+        if self.order not in ORDERS:
+            raise ValueError(f"DocTTT: order={self.order!r} must be one of {', '.join(ORDERS)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,6 +222,8 @@ def batches_in_order(spans: np.ndarray, doc_batch: int, order: str) -> list[list
     `field` (the records'): documents sorted by length (ascending, stable), cut into batches of
     `doc_batch`, the batches processed longest first."""
     n = len(spans)
+    if order not in ORDERS:
+        raise ValueError(f"order={order!r} must be one of {', '.join(ORDERS)}")
     if order == "stream":
         return [list(range(i, min(i + doc_batch, n))) for i in range(0, n, doc_batch)]
     lengths = spans[:, 1] - spans[:, 0]

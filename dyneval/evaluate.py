@@ -182,11 +182,13 @@ def compiled(model, enabled):
 class Scorer:
     """What is scored, how, and on which ranks: the one argument every scoring and adaptation pass shares.
 
-    `tokens`: the stream of N+1 ids (N targets) on the scoring device; `lut`: its byte accounting;
-    `plan`: the windows' length, stride and windows per forward batch; `ranks`: the real processes and
-    the virtual ranks that split it; `autocast`: bf16 autocast on every forward (the GPU dtype policy).
-    The model and its (possibly compiled) forward are not part of it: adaptation passes score with
-    copies of the weights that change as they go.
+    `tokens`: the stream of N+1 ids (N targets), a 1-D integer tensor on the scoring device
+    (`data.load_validation_tokens`); `lut`: its byte accounting (`data.build_byte_lut`); `plan`: the
+    windows' length, stride and windows per forward batch; `ranks`: the real processes and the virtual
+    ranks that split it; `autocast`: bf16 autocast on every forward (the GPU dtype policy). The model and
+    its (possibly compiled) forward are not part of it: adaptation passes score with copies of the weights
+    that change as they go. A plan or stream that cannot be scored is refused here, in one line (a stride
+    above the window length would silently leave targets unscored).
     """
 
     tokens: torch.Tensor
@@ -194,6 +196,18 @@ class Scorer:
     plan: Scoring
     ranks: Ranks = SINGLE
     autocast: bool = False
+
+    def __post_init__(self):
+        t, p = self.tokens, self.plan
+        if not (isinstance(t, torch.Tensor) and t.dim() == 1 and not t.is_floating_point() and t.numel() >= 2):
+            raise ValueError(f"Scorer: tokens must be a 1-D integer tensor of at least 2 ids (one target), not "
+                             f"{type(t).__name__} {tuple(getattr(t, 'shape', ()))} {getattr(t, 'dtype', '')}")
+        for name in ("seq_len", "stride", "batch_seqs"):
+            if not (isinstance(getattr(p, name), int) and getattr(p, name) > 0):
+                raise ValueError(f"Scorer: plan.{name}={getattr(p, name)!r} must be a positive integer")
+        if p.stride > p.seq_len:
+            raise ValueError(f"Scorer: plan.stride={p.stride} exceeds plan.seq_len={p.seq_len}: targets between "
+                             f"windows would go unscored")
 
     @property
     def num_targets(self) -> int:

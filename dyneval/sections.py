@@ -219,6 +219,9 @@ class EvalConfig:
 
     def view(self, cls: type, **extra):
         """The settings view `cls` (below) of these knobs; `extra`: its fields that are not knobs."""
+        if cls not in SETTINGS_VIEWS:
+            raise TypeError(f"{getattr(cls, '__name__', cls)} is not a settings view of EvalConfig: one of "
+                            f"{', '.join(v.__name__ for v in SETTINGS_VIEWS)}")
         return cls(**{short: getattr(self, knob) for short, knob in cls.KNOBS.items()}, **extra)
 
     scoring = property(lambda self: self.view(Scoring))
@@ -241,6 +244,9 @@ def settings_view(name: str, purpose: str, knobs: dict[str, str], **extra: tuple
     """A frozen, keyword-only dataclass `name` whose field `short` is the `EvalConfig` knob `knobs[short]`, of
     that knob's type; `extra` maps a field that is no knob to (type,) or (type, default)."""
     types = {f.name: f.type for f in dataclasses.fields(EvalConfig)}
+    unknown = sorted(set(knobs.values()) - set(types))
+    if unknown:
+        raise ValueError(f"settings view {name}: {unknown} are not EvalConfig fields")
     spec = [(short, types[knob]) for short, knob in knobs.items()]
     spec += [(n, t[0]) if len(t) == 1 else (n, t[0], field(default=t[1])) for n, t in extra.items()]
     cls = dataclasses.make_dataclass(name, spec, frozen=True, kw_only=True)

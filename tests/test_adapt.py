@@ -22,8 +22,9 @@ def fixture_config(fixture_dir, **eval_over) -> RunConfig:
         "eval.ttt_batch_seqs": 2, "eval.ttt_chunk_tokens": 512, "eval.ttt_epochs": 1, "eval.dyneval_lr": 0.01,
         "eval.adapt_every": 2, "eval.krause_batches": 2, "eval.tail_lr": 0.01,
         "eval.ranks": 1,  # ranks: as many as processes run, unless a test emulates more
-        # the field's per-document TTT on the fixture's 2 documents: small batches, one phase after the first
-        "eval.doc_batch": 2, "eval.doc_lora_rank": 8, "eval.phased_prefix_docs": 1, "eval.phased_num_phases": 1,
+        # the field's per-document TTT on the fixture's 2 documents: one per batch, so the phase after the first
+        # trains the base the second is scored on
+        "eval.doc_batch": 1, "eval.doc_lora_rank": 8, "eval.phased_prefix_docs": 1, "eval.phased_num_phases": 1,
         "eval.global_chunk_tokens": 256, **eval_over})
 
 
