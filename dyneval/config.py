@@ -21,10 +21,10 @@ from .sections import (COMPILE_BACKENDS, SETTINGS_VIEWS, DocLoRASettings, Dynami
                        Scoring, Switch, TailSettings, TrainConfig, TTTSettings, _build, _coerce, _locate, _split,
                        switch_on)
 
-__all__ = ["COMPILE_BACKENDS", "DocLoRASettings", "DynamicSettings", "ENV_NAMES", "ENV_SWITCHES", "EvalConfig", "GlobalSGDSettings", "KrauseSettings",
-           "ModelConfig", "NOT_REPRODUCED", "OptimConfig", "PRESETS", "PUBLISHED_STEPS", "Resolved", "RunConfig",
-           "SETTINGS_VIEWS", "STEP_COUNT_PROFILES", "ScoreFirstSettings", "Scoring", "Switch", "TTTSettings", "TailSettings",
-           "TrainConfig", "_build", "_coerce", "_locate", "_split", "from_env", "is_run_overridable", "preset",
+__all__ = ["COMPILE_BACKENDS", "DocLoRASettings", "DynamicSettings", "ENV_NAMES", "ENV_SWITCHES", "EvalConfig",
+           "GlobalSGDSettings", "KrauseSettings", "ModelConfig", "NOT_REPRODUCED", "OptimConfig", "PRESETS",
+           "PUBLISHED_STEPS", "Resolved", "RunConfig", "SETTINGS_VIEWS", "STEP_COUNT_PROFILES", "ScoreFirstSettings",
+           "Scoring", "Switch", "TTTSettings", "TailSettings", "TrainConfig", "_build", "_coerce", "_locate", "_split", "from_env", "is_run_overridable", "preset",
            "published_iterations", "resolve", "resolve_seed_steps", "run_config", "switch_on"]
 
 

@@ -337,7 +337,7 @@ def doc_lora_ttt(model: GPT, sc: Scorer, ttt: DocTTT, *, name: str = "doc_lora_t
     g = ttt.phases
     bounds = [g.prefix_docs * (i + 1) // g.num_phases for i in range(g.num_phases)] if g else []
     parts, scored, log = [], [], []
-    with _frozen(model):
+    with _requires_grad(model, False), model_mode(model, training=False):
         for k in range(0, len(batches), sc.ranks.total):
             for v, b in enumerate(range(k, min(k + sc.ranks.total, len(batches)))):
                 if v in sc.ranks.mine():
@@ -347,7 +347,7 @@ def doc_lora_ttt(model: GPT, sc: Scorer, ttt: DocTTT, *, name: str = "doc_lora_t
             while len(log) < len(bounds) and len(scored) >= bounds[len(log)]:
                 chosen = [d for _, _, d in sorted(scored)][: bounds[len(log)]]
                 before = [p.detach().clone() for p in model.parameters()]
-                with _trainable(model):
+                with _requires_grad(model, True):
                     steps = global_sgd(model, sc, spans[chosen], g, name, sgd_forward)
                 change = math.sqrt(sum(float((p.detach().float() - b.float()).square().sum())
                                        for p, b in zip(model.parameters(), before)))
@@ -358,25 +358,13 @@ def doc_lora_ttt(model: GPT, sc: Scorer, ttt: DocTTT, *, name: str = "doc_lora_t
 
 
 @contextlib.contextmanager
-def _frozen(model: GPT):
-    """Base weights frozen and the model in eval mode inside the block; trainable again after it."""
+def _requires_grad(model: GPT, on: bool):
+    """Every base weight's `requires_grad` is `on` inside the block and `not on` after it, however it ends:
+    frozen while adapters train (then trainable again), trainable for a phase's global SGD (then frozen)."""
     for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        with model_mode(model, training=False):
-            yield
-    finally:
-        for p in model.parameters():
-            p.requires_grad_(True)
-
-
-@contextlib.contextmanager
-def _trainable(model: GPT):
-    """Base weights trainable inside the block (the global SGD), frozen again after it."""
-    for p in model.parameters():
-        p.requires_grad_(True)
+        p.requires_grad_(on)
     try:
         yield
     finally:
         for p in model.parameters():
-            p.requires_grad_(False)
+            p.requires_grad_(not on)

@@ -119,7 +119,8 @@ def _score(run: _Run, name: str) -> None:
                          "faithful": v.faithful, "rank_local": v.rank_local, "settings": settings,
                          "backends": run.inputs.backends, "cpu_threads": torch.get_num_threads(),
                          "openmp": dict(cpu.decision) or None, "artifact": str(run.artifact),
-                         "artifact_sha256": run.inputs.weights.sha256, "bits": run.inputs.weights.bits, **run.artifact_size,
+                         "artifact_sha256": run.inputs.weights.sha256, "bits": run.inputs.weights.bits,
+                         **run.artifact_size,
                          "eval_config": asdict(run.cfg.eval), "model_config": asdict(run.cfg.model),
                          "world_size": ctx.world_size, "device": str(ctx.device), **registry.compile_record(job, res)}
     if ctx.is_main:

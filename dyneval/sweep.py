@@ -155,7 +155,7 @@ class SweepRequest:
         with `root`, relative data paths from it (a notebook's working directory is not the project's)."""
         from .config import is_run_overridable, resolve
         from .runfolder import RunFolder
-        from .variants import parse_quirks
+        from .variants import EvalOptions, parse_quirks
 
         _check_variant(self.variant)
         cfg = resolve(None, run_dir=str(self.run_dir), overrides=list(self.overrides),
@@ -167,10 +167,9 @@ class SweepRequest:
         if isinstance(items, str):
             items = [g for g in (t.strip() for t in items.split(";")) if g]
         grid = parse_grid(list(items), cfg)
-        quirks = parse_quirks(self.quirks)
         run = RunFolder(self.run_dir)
-        if not run.qat_flag_set():
-            quirks = dataclasses.replace(quirks, qat_on=False)  # as evaluate: no fake quantization the run never had
+        # as evaluate: no fake quantization the run never had
+        quirks = EvalOptions(quirks=parse_quirks(self.quirks), qat_flag_set=run.qat_flag_set()).quirks_in_force
         return Sweep(cfg=cfg, artifact=run.latest_artifact(), variant=self.variant, grid=grid,
                      out=Path(self.out or Path(self.run_dir) / "sweep"), quirks=quirks, device=self.device,
                      run_dir=str(self.run_dir))
